@@ -1,0 +1,107 @@
+# llmux build. `make` builds everything, `make run` starts the demo, `make test` runs every test,
+# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the HTTP parser briefly.
+CC      ?= cc
+BUILD   ?= build
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SAN     ?=
+FUZZ_SECONDS ?= 30
+PYTHON  ?= python3
+
+PKG_CFLAGS := $(shell pkg-config --cflags libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
+WARN    = -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I. $(WARN) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP
+ALL_LDFLAGS = $(LDFLAGS)
+ifeq ($(SAN),1)
+ALL_CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+ALL_LDFLAGS += -fsanitize=address,undefined
+endif
+LIBS = $(PKG_LIBS) -lev -lpthread -lm
+
+COMMON_SRC = $(wildcard common/*.c)
+CONF_SRC   = $(wildcard conf/*.c)
+UP_SRC     = $(wildcard upstream/*.c)
+DAEMON_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+CLIENT_SRC = $(wildcard client/*.c)
+MOCK_SRC   = $(wildcard tests/mock/*.c)
+UNIT_SRC   = $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+LIB_OBJS   = $(call obj,$(COMMON_SRC) $(CONF_SRC) $(UP_SRC) $(DAEMON_SRC))
+UNIT_BINS  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+LLMUXD = $(BUILD)/llmuxd
+LLMUX  = $(BUILD)/llmux
+MOCK   = $(BUILD)/mock_upstream
+
+.PHONY: all deps run test unit integration asan fuzz bench clean install
+all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libllmux.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(LLMUXD): $(call obj,daemon/main.c) $(BUILD)/libllmux.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(LLMUX): $(call obj,$(CLIENT_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(MOCK): $(call obj,$(MOCK_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libllmux.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+deps:
+	@sh scripts/deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@sh scripts/run-demo.sh $(BUILD)
+
+unit: $(UNIT_BINS)
+	@sh scripts/run-unit.sh $(UNIT_BINS)
+
+integration: $(LLMUXD) $(LLMUX) $(MOCK)
+	$(PYTHON) tests/integration/run.py --build $(BUILD)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit integration
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 CFLAGS="-O1 -g" all unit integration
+
+fuzz: deps
+	@mkdir -p $(BUILD)/fuzz
+	clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
+	    tests/fuzz/fuzz_http_parser.c daemon/http_parser.c -o $(BUILD)/fuzz/fuzz_http_parser
+	$(BUILD)/fuzz/fuzz_http_parser -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    tests/fuzz/corpus
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	sh bench/run.sh $(BUILD)
+
+install: $(LLMUXD) $(LLMUX)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
+	    $(DESTDIR)/etc/llmux
+	install -m 755 $(LLMUXD) $(LLMUX) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 client/llmux.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 daemon/llmuxd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 644 systemd/llmux.service systemd/llmux.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	install -m 640 conf/llmux.example.yaml $(DESTDIR)/etc/llmux/llmux.yaml.example
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

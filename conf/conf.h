@@ -1,0 +1,139 @@
+/* conf: the configuration snapshot. Loaded from YAML (libyaml), validated with FILE:LINE:COL
+ * errors, then immutable and reference counted so a reload never changes a request mid-flight. */
+#ifndef LLMUX_CONF_H
+#define LLMUX_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/log.h"
+
+enum conf_provider { PROVIDER_OPENAI, PROVIDER_ANTHROPIC };
+enum conf_strategy { STRATEGY_WEIGHTED, STRATEGY_FALLBACK, STRATEGY_LEAST_INFLIGHT };
+enum conf_state_backend { STATE_MEMORY, STATE_REDIS };
+
+struct conf_header {
+    char *name;
+    char *value;
+};
+
+struct conf_upstream {
+    char *name;
+    enum conf_provider provider;
+    char *base_url;                 /* http:// or https://, trailing '/' removed */
+    char *api_key;                  /* NULL when absent; never logged or shown */
+    struct conf_header *headers;    /* extra headers sent upstream */
+    size_t nheaders;
+    unsigned max_connections;       /* default 512 */
+    uint64_t timeout_ms;            /* default 120s */
+    uint64_t max_response_bytes;    /* default 64m: cap on a buffered upstream answer */
+};
+
+struct conf_target {
+    const struct conf_upstream *upstream;   /* points into conf->upstreams */
+    char *model;                            /* NULL: the client's model name is relayed as is */
+    unsigned weight;                        /* default 1 */
+};
+
+struct conf_model {
+    char *name;                     /* what clients send as "model" */
+    enum conf_strategy strategy;    /* default weighted */
+    unsigned retries;               /* per target; default 2 */
+    uint64_t backoff_base_ms;       /* default 100ms */
+    uint64_t backoff_max_ms;        /* default 2s */
+    struct conf_target *targets;    /* at least one */
+    size_t ntargets;
+};
+
+struct conf_key {
+    char *name;
+    char *key;                      /* secret */
+    char **models;                  /* NULL = all models */
+    size_t nmodels;
+    unsigned rpm;                   /* 0 = unlimited */
+    unsigned max_concurrency;       /* 0 = unlimited */
+};
+
+struct conf_limits {
+    unsigned max_connections;       /* default 20000 */
+    unsigned max_inflight;          /* default 10000 */
+    unsigned queue;                 /* default 1000 */
+    uint64_t max_request_line;      /* default 8k   (414) */
+    uint64_t max_header_bytes;      /* default 16k  (431) */
+    unsigned max_headers;           /* default 100  (431) */
+    uint64_t max_body_bytes;        /* default 8m   (413) */
+    uint64_t header_timeout_ms;     /* default 10s  (408) */
+    uint64_t body_timeout_ms;       /* default 30s  (408) */
+    uint64_t idle_timeout_ms;       /* default 75s */
+    uint64_t send_timeout_ms;       /* default 60s: client reads nothing that long → closed */
+    uint64_t stream_high_water;     /* default 64k: pause the upstream above it */
+    uint64_t stream_low_water;      /* default 16k: resume below it */
+};
+
+struct conf {
+    char *path;                     /* file it came from ("<string>" for conf_load_string) */
+    char **listen;                  /* "127.0.0.1:8420", "[::1]:8420", "unix:/run/llmux.sock" */
+    size_t nlisten;
+    unsigned workers;               /* 0 = auto (one per core) */
+    struct conf_limits limits;
+    struct {
+        uint64_t default_ms;        /* default 60s */
+        uint64_t max_ms;            /* default 10m */
+        uint64_t connect_ms;        /* default 5s */
+    } timeouts;
+    struct conf_upstream *upstreams;
+    size_t nupstreams;
+    struct conf_model *models;
+    size_t nmodels;
+    struct {
+        unsigned failures;          /* default 5 */
+        uint64_t cooldown_ms;       /* default 30s */
+    } health;
+    struct conf_key *keys;          /* NULL/0 = no auth */
+    size_t nkeys;
+    struct {
+        unsigned max_items;         /* default 1000 */
+        unsigned max_concurrency;   /* default 64 */
+    } gather;
+    struct {
+        char *dir;                  /* default /var/lib/llmux/jobs */
+        unsigned max_queued;        /* default 10000 */
+        uint64_t retention_ms;      /* default 24h */
+        unsigned workers;           /* default 64 */
+    } jobs;
+    struct {
+        enum conf_state_backend backend;  /* default memory */
+        char *redis;                      /* default redis://127.0.0.1:6379/0 */
+    } state;
+    struct {
+        enum log_level level;       /* default info */
+        enum log_format format;     /* default json */
+        bool access;                /* default true */
+    } log;
+    uint64_t shutdown_grace_ms;     /* default 30s */
+
+    int refs;                       /* atomic; use conf_ref/conf_unref */
+};
+
+/* Load and validate. On error returns NULL and writes "FILE:LINE:COL: key: what was expected"
+ * (or "FILE: reason" when there is no position) into err. The result has one reference. */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+/* Same, from memory; name is used in error messages in place of a file name. */
+struct conf *conf_load_string(const char *yaml, size_t len, const char *name,
+                              char *err, size_t errlen);
+
+struct conf *conf_ref(struct conf *c);     /* thread-safe */
+void conf_unref(struct conf *c);           /* thread-safe; frees at zero */
+
+const struct conf_model *conf_find_model(const struct conf *c, const char *name);
+const struct conf_upstream *conf_find_upstream(const struct conf *c, const char *name);
+/* Constant-time key lookup; NULL when not found. */
+const struct conf_key *conf_find_key(const struct conf *c, const char *key, size_t len);
+bool conf_key_allows_model(const struct conf_key *k, const char *model);
+
+/* Parsers shared with tests: "16k" "4m" "1g" → bytes; "500ms" "30s" "5m" "1h" "2d" → ms. */
+int conf_parse_size(const char *s, uint64_t *out);
+int conf_parse_duration(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,560 @@
+/* conn: client connection state machine. One request at a time per connection: pipelined
+ * requests wait, unparsed, in the read buffer, so answers leave strictly in order. While a
+ * request runs the socket stays watched for EOF, so a client that goes away cancels its work. */
+#include "daemon/conn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "daemon/http_parser.h"
+#include "daemon/request.h"
+#include "daemon/router.h"
+#include "daemon/worker.h"
+
+#define READ_CHUNK 4096
+#define PIPELINE_SLACK 65536    /* bytes read ahead while a request runs */
+#define LINGER_SECONDS 2.0
+
+enum conn_state { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_BUSY, CONN_LINGER };
+
+struct conn {
+    struct worker *w;
+    struct conn *prev, *next;
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer;
+    struct buf in, out;
+    size_t out_sent;
+    struct request *req;
+    size_t head_len;
+    uint64_t body_len;              /* Content-Length, or chunked bytes decoded so far */
+    struct http_chunked chunked;
+    unsigned char state;
+    bool close_after, above_high, chunked_body, reading, broken;
+};
+
+static void on_read(struct ev_loop *loop, ev_io *io, int revents);
+static void on_write(struct ev_loop *loop, ev_io *io, int revents);
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
+static void conn_close(struct conn *c);
+static void conn_process(struct conn *c);
+
+static void sink_respond(struct request *r, int status, const char *body, size_t len);
+static void sink_stream_start(struct request *r, int status);
+static bool sink_stream_data(struct request *r, const char *p, size_t n);
+static void sink_stream_end(struct request *r, bool complete);
+static void sink_ended(struct request *r);
+
+static const struct sink_ops conn_sink = {
+    sink_respond, sink_stream_start, sink_stream_data, sink_stream_end, sink_ended,
+};
+
+static const struct conf_limits *limits(const struct conn *c)
+{
+    return &c->w->conf->limits;
+}
+
+/* One timer per connection, re-armed at each phase change (never per byte). */
+static void set_timer(struct conn *c, uint64_t ms)
+{
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (ms) {
+        ev_timer_set(&c->timer, (double)ms / 1000.0, 0.);
+        ev_timer_start(c->w->loop, &c->timer);
+    }
+}
+
+static void enter(struct conn *c, enum conn_state s)
+{
+    const struct conf_limits *l = limits(c);
+    c->state = (unsigned char)s;
+    switch (s) {
+    case CONN_IDLE: set_timer(c, l->idle_timeout_ms); break;
+    case CONN_HEAD: set_timer(c, l->header_timeout_ms); break;
+    case CONN_BODY: set_timer(c, l->body_timeout_ms); break;
+    case CONN_BUSY: set_timer(c, 0); break;
+    case CONN_LINGER: set_timer(c, (uint64_t)(LINGER_SECONDS * 1000)); break;
+    }
+}
+
+static void reading(struct conn *c, bool on)
+{
+    if (on == c->reading)
+        return;
+    c->reading = on;
+    if (on)
+        ev_io_start(c->w->loop, &c->rio);
+    else
+        ev_io_stop(c->w->loop, &c->rio);
+}
+
+void conn_accept(struct worker *w, int fd)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->w = w;
+    c->fd = fd;
+    ev_io_init(&c->rio, on_read, fd, EV_READ);
+    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+    ev_timer_init(&c->timer, on_timer, 0., 0.);
+    c->rio.data = c->wio.data = c->timer.data = c;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    METRIC_INC(w->m.conns_open);
+    METRIC_INC(w->m.conns_accepted);
+    enter(c, CONN_IDLE);
+    reading(c, true);
+}
+
+static void conn_close(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->req) {
+        request_end(c->req, OUTCOME_CLIENT_DISCONNECT);  /* no-op when it already ended */
+        request_free(c->req);
+    }
+    ev_io_stop(w->loop, &c->rio);
+    ev_io_stop(w->loop, &c->wio);
+    ev_timer_stop(w->loop, &c->timer);
+    close(c->fd);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    METRIC_DEC(w->m.conns_open);
+    free(c);
+    worker_conn_closed(w);
+}
+
+/* After the last byte of a "close" answer: stop sending, read and drop what the client still
+ * sends for a moment, so closing doesn't RST the answer away (nginx's lingering close). */
+static void start_linger(struct conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    buf_free(&c->in);
+    enter(c, CONN_LINGER);
+    reading(c, true);
+}
+
+/* Writes what it can. Returns -1 when the socket is dead. */
+static int flush(struct conn *c)
+{
+    while (c->out_sent < c->out.len) {
+        ssize_t n = send(c->fd, c->out.data + c->out_sent, c->out.len - c->out_sent,
+                         MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            return -1;
+        }
+        c->out_sent += (size_t)n;
+        METRIC_ADD(c->w->m.bytes_out, (uint64_t)n);
+        if (c->state == CONN_BUSY)      /* progress re-arms the send timeout */
+            set_timer(c, limits(c)->send_timeout_ms);
+    }
+    if (c->out_sent == c->out.len) {
+        buf_free(&c->out);
+        c->out_sent = 0;
+        ev_io_stop(c->w->loop, &c->wio);
+        if (c->state == CONN_BUSY)
+            set_timer(c, 0);
+    } else {
+        ev_io_start(c->w->loop, &c->wio);
+        if (!ev_is_active(&c->timer))
+            set_timer(c, limits(c)->send_timeout_ms);
+    }
+    return 0;
+}
+
+static size_t pending(const struct conn *c)
+{
+    return c->out.len - c->out_sent;
+}
+
+/* Queues bytes and tries to send at once (one syscall in the common case). A write error is
+ * handled by on_write, never here: this runs inside other objects' callbacks. */
+static void queue(struct conn *c, const char *p, size_t n)
+{
+    if (c->out_sent > 0 && c->out_sent == c->out.len) {
+        buf_reset(&c->out);
+        c->out_sent = 0;
+    }
+    if (buf_append(&c->out, p, n) < 0) {
+        c->broken = true;       /* an answer with a hole can't be sent: on_write closes */
+        ev_io_start(c->w->loop, &c->wio);
+        return;
+    }
+    if (flush(c) < 0)
+        ev_io_start(c->w->loop, &c->wio);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static const char *http_date(void)
+{
+    static __thread char date[40];
+    static __thread time_t last;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return date;
+}
+
+static void put_head(struct conn *c, struct buf *h, int status, const struct request *r)
+{
+    buf_printf(h, "HTTP/1.1 %d %s\r\nServer: llmux\r\nDate: %s\r\n", status, reason(status),
+               http_date());
+    if (r) {
+        buf_printf(h, "X-Request-Id: %s\r\n", r->id);
+        if (r->upstream)
+            buf_printf(h, "X-Llmux-Upstream: %s\r\nX-Llmux-Attempts: %u\r\n", r->upstream,
+                       r->attempts);
+        if (r->retry_after_s >= 0 && (status == 429 || status == 503))
+            buf_printf(h, "Retry-After: %ld\r\n", (long)r->retry_after_s);
+        if (r->allow)
+            buf_printf(h, "Allow: %s\r\n", r->allow);
+    }
+    if (c->close_after || c->w->draining)
+        buf_puts(h, "Connection: close\r\n");
+}
+
+static void sink_respond(struct request *r, int status, const char *body, size_t len)
+{
+    struct conn *c = r->owner;
+    struct buf h = BUF_INIT;
+    put_head(c, &h, status, r);
+    buf_printf(&h, "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+               r->content_type ? r->content_type : "application/json", len);
+    if (len <= 16384)
+        buf_append(&h, body, len);
+    queue(c, h.data, h.len);
+    if (len > 16384)
+        queue(c, body, len);
+    buf_free(&h);
+}
+
+static void sink_stream_start(struct request *r, int status)
+{
+    struct conn *c = r->owner;
+    struct buf h = BUF_INIT;
+    put_head(c, &h, status, r);
+    buf_puts(&h, "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                 "X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n");
+    queue(c, h.data, h.len);
+    buf_free(&h);
+}
+
+static bool sink_stream_data(struct request *r, const char *p, size_t n)
+{
+    struct conn *c = r->owner;
+    char size[24];
+    int k = snprintf(size, sizeof size, "%zx\r\n", n);
+    if (n) {
+        buf_append(&c->out, size, (size_t)k);
+        buf_append(&c->out, p, n);
+        queue(c, "\r\n", 2);
+    }
+    c->above_high = pending(c) > limits(c)->stream_high_water;
+    return c->above_high;
+}
+
+static void sink_stream_end(struct request *r, bool complete)
+{
+    struct conn *c = r->owner;
+    if (complete) {
+        queue(c, "0\r\n\r\n", 5);
+    } else {
+        /* No last-chunk: the client sees a truncated body, never a clean end. */
+        c->close_after = true;
+        ev_io_start(c->w->loop, &c->wio);
+    }
+}
+
+static void sink_ended(struct request *r)
+{
+    struct conn *c = r->owner;
+    ev_io_start(c->w->loop, &c->wio);   /* on_write moves on to the next request */
+}
+
+/* An error found before a request object exists (parse errors, limits, timeouts): answer it
+ * and close, since the byte stream can no longer be trusted. */
+static void conn_error(struct conn *c, int status, const char *message)
+{
+    struct buf b = BUF_INIT, body = BUF_INIT;
+    c->close_after = true;
+    buf_puts(&body, "{\"error\":{\"message\":\"");
+    buf_json_escape(&body, message, strlen(message));
+    buf_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}",
+               status == 408 ? "timeout_error" : "invalid_request_error");
+    put_head(c, &b, status, NULL);
+    buf_printf(&b, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", body.len,
+               body.data);
+    METRIC_INC(c->w->m.requests[ROUTE_OTHER][metrics_status_slot(status)]);
+    METRIC_INC(c->w->m.outcomes[OUTCOME_REJECTED]);
+    queue(c, b.data, b.len);
+    buf_free(&b);
+    buf_free(&body);
+    reading(c, false);
+    enter(c, CONN_BUSY);
+    if (pending(c) == 0)
+        start_linger(c);
+}
+
+static const char *parse_error_message(int status)
+{
+    switch (status) {
+    case 413: return "request body too large";
+    case 414: return "request line too long";
+    case 431: return "request header fields too large";
+    case 417: return "unsupported expectation";
+    case 501: return "unsupported transfer coding";
+    case 505: return "HTTP version not supported";
+    default: return "malformed HTTP request";
+    }
+}
+
+static struct http_limits parser_limits(const struct conn *c)
+{
+    const struct conf_limits *l = limits(c);
+    struct http_limits lim = {
+        .max_request_line = l->max_request_line,
+        .max_header_bytes = l->max_header_bytes,
+        .max_headers = l->max_headers < HTTP_MAX_HEADERS ? l->max_headers : HTTP_MAX_HEADERS,
+        .max_body = l->max_body_bytes,
+    };
+    return lim;
+}
+
+static void dispatch(struct conn *c)
+{
+    struct http_head head;
+    struct http_limits lim = parser_limits(c);
+    int status = 0;
+    http_parse_head(c->in.data, c->head_len, &lim, &head, &status);  /* re-parse: cheap, and
+                                                        slices into a moved buffer stay valid */
+    c->close_after = c->close_after || !head.keep_alive;
+    struct request *r = request_new(c->w, c->w->conf, &conn_sink, c, ROUTE_OTHER);
+    if (!r) {
+        conn_error(c, 503, "out of memory");
+        return;
+    }
+    c->req = r;
+    enter(c, CONN_BUSY);
+    const char *body = c->in.data + c->head_len;
+    size_t body_len = (size_t)c->body_len;
+    router_dispatch(r, &head, body, body_len);
+    /* The request copied what it needs; drop its bytes, keep any pipelined ones. */
+    buf_consume(&c->in, c->head_len + body_len);
+    if (c->in.len > PIPELINE_SLACK)
+        reading(c, false);
+}
+
+/* Parses what is buffered; leaves the connection waiting for bytes, busy, or closing. */
+static void conn_process(struct conn *c)
+{
+    struct http_limits lim = parser_limits(c);
+    struct http_head head;
+    int status = 0;
+    if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
+        int n = http_parse_head(c->in.data, c->in.len, &lim, &head, &status);
+        if (n == -2) {
+            if (c->state == CONN_IDLE && c->in.len)
+                enter(c, CONN_HEAD);
+            return;
+        }
+        if (n < 0) {
+            conn_error(c, status, parse_error_message(status));
+            return;
+        }
+        c->head_len = (size_t)n;
+        c->body_len = head.content_length > 0 ? (uint64_t)head.content_length : 0;
+        c->chunked_body = head.chunked;
+        http_chunked_init(&c->chunked);
+        if (c->w->draining)
+            c->close_after = true;
+        enter(c, CONN_BODY);
+        if (head.expect_continue && c->in.len == c->head_len && (head.chunked || c->body_len))
+            queue(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (c->body_len && buf_reserve(&c->in, c->body_len) < 0) {
+            conn_error(c, 413, "request body too large");
+            return;
+        }
+    }
+    if (c->state != CONN_BODY)
+        return;
+    if (c->chunked_body) {
+        size_t have = c->in.len - c->head_len - (size_t)c->body_len;
+        char *start = c->in.data + c->head_len + c->body_len;
+        long rest = http_chunked_decode(&c->chunked, start, &have, lim.max_body, &status);
+        if (rest == -1) {
+            conn_error(c, status, parse_error_message(status));
+            return;
+        }
+        c->body_len += have;
+        c->in.len = c->head_len + (size_t)c->body_len + (rest >= 0 ? (size_t)rest : 0);
+        if (rest == -2)
+            return;
+        c->chunked_body = false;
+    } else if (c->in.len - c->head_len < c->body_len) {
+        return;
+    }
+    dispatch(c);
+}
+
+static void on_read(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = io->data;
+    if (buf_reserve(&c->in, READ_CHUNK) < 0) {
+        conn_close(c);
+        return;
+    }
+    ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        /* EOF or reset: a request still running is cancelled with everything it owns. */
+        conn_close(c);
+        return;
+    }
+    if (c->state == CONN_LINGER)
+        return;     /* discarded */
+    c->in.len += (size_t)n;
+    c->in.data[c->in.len] = '\0';
+    if (c->state == CONN_BUSY) {
+        if (c->in.len > PIPELINE_SLACK)
+            reading(c, false);  /* resumes when the current answer is done */
+        return;
+    }
+    conn_process(c);
+}
+
+/* The current request ended and its answer is flushed: go on with the next, or close. */
+static void next_request(struct conn *c)
+{
+    request_free(c->req);
+    c->req = NULL;
+    c->above_high = false;
+    if (c->close_after) {
+        start_linger(c);
+        return;
+    }
+    if (c->in.len == 0)
+        buf_free(&c->in);   /* an idle keep-alive connection holds no buffer */
+    enter(c, CONN_IDLE);
+    reading(c, true);
+    if (c->in.len)
+        conn_process(c);
+}
+
+static void on_write(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = io->data;
+    if (c->broken || flush(c) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (c->req && !c->req->ended && c->above_high &&
+        pending(c) < limits(c)->stream_low_water) {
+        c->above_high = false;
+        request_drained(c->req);
+        return;
+    }
+    if (pending(c) || (c->req && !c->req->ended))
+        return;
+    if (c->req) {
+        next_request(c);
+    } else if (c->close_after && c->state == CONN_BUSY) {
+        start_linger(c);        /* a conn_error answer is out */
+    }
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = t->data;
+    switch (c->state) {
+    case CONN_HEAD:
+        conn_error(c, 408, "timed out waiting for the request headers");
+        break;
+    case CONN_BODY:
+        conn_error(c, 408, "timed out waiting for the request body");
+        break;
+    default:    /* idle keep-alive, linger over, or a client that stopped reading */
+        conn_close(c);
+    }
+}
+
+void conn_drain_idle(struct worker *w)
+{
+    struct conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (!c->req && (c->state == CONN_IDLE))
+            conn_close(c);
+        else
+            c->close_after = true;
+    }
+}
+
+void conn_abort_all(struct worker *w)
+{
+    struct conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->req && !c->req->ended) {
+            c->req->retry_after_s = 1;
+            request_fail(c->req, 503, "server_error", "shutting_down", NULL,
+                         "the gateway is shutting down", OUTCOME_SHUTDOWN);
+            flush(c);
+        }
+        conn_close(c);
+    }
+}

@@ -1,0 +1,473 @@
+/* gather: POST /v1/gather. The parent request owns one child request per item; children run
+ * through the same router and proxy as single requests, at most max_concurrency at once.
+ * Everything ends through request_end: ending the parent ends every child still running. */
+#include "daemon/gather.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/router.h"
+#include "daemon/worker.h"
+
+enum gather_mode { MODE_ALL, MODE_FIRST };
+
+struct gather_item {
+    struct request *req;        /* NULL until started */
+    json_t *body;               /* until started */
+    enum endpoint ep;
+    json_t *entry;              /* {"index","status","response"|"error"} once done */
+    int status;
+    bool done;
+};
+
+struct gather {
+    struct request *parent;
+    struct gather_item *items;
+    size_t n, next, ndone, succeeded, failed;
+    unsigned running, max_concurrency;
+    enum gather_mode mode;
+    bool return_exceptions, stream, advancing, finished;
+    uint64_t item_timeout_ms;
+    long prompt_tokens, completion_tokens;
+    ev_timer timeout;           /* the gather's own timeout_ms */
+    ssize_t failure;            /* index of the fail-fast failure, -1 none */
+    ssize_t winner;             /* mode first: index of the winner, -1 none */
+};
+
+static void item_respond(struct request *r, int status, const char *body, size_t len);
+static void item_stream_start(struct request *r, int status) {}
+static bool item_stream_data(struct request *r, const char *p, size_t n) { return false; }
+static void item_stream_end(struct request *r, bool complete) {}
+static void item_ended(struct request *r);
+static void advance(struct gather *g);
+
+static const struct sink_ops item_sink = {
+    item_respond, item_stream_start, item_stream_data, item_stream_end, item_ended,
+};
+
+static void fail400(struct request *r, const char *param, const char *msg)
+{
+    request_fail(r, 400, "invalid_request_error", "invalid_gather", param, msg,
+                 OUTCOME_REJECTED);
+}
+
+/* Reads an optional non-negative integer option; -1 on a wrong type (already answered). */
+static int opt_uint(struct request *r, json_t *body, const char *name, uint64_t *out)
+{
+    json_t *v = json_object_get(body, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s must be a non-negative integer", name);
+        fail400(r, name, msg);
+        return -1;
+    }
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int opt_bool(struct request *r, json_t *body, const char *name, bool *out)
+{
+    json_t *v = json_object_get(body, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s must be a boolean", name);
+        fail400(r, name, msg);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* Item shape: a chat body, or {"endpoint": "/v1/embeddings", "body": {...}}. */
+static int parse_item(struct request *r, json_t *it, size_t i, struct gather_item *out)
+{
+    char param[64], msg[160];
+    if (!json_is_object(it)) {
+        snprintf(param, sizeof param, "requests[%zu]", i);
+        fail400(r, param, "each item must be a JSON object");
+        return -1;
+    }
+    json_t *ep = json_object_get(it, "endpoint");
+    out->ep = EP_CHAT;
+    if (ep) {
+        const char *e = json_string_value(ep);
+        json_t *b = json_object_get(it, "body");
+        if (e && strcmp(e, "/v1/embeddings") == 0)
+            out->ep = EP_EMBEDDINGS;
+        else if (e && strcmp(e, "/v1/completions") == 0)
+            out->ep = EP_COMPLETIONS;
+        else if (!e || strcmp(e, "/v1/chat/completions") != 0) {
+            snprintf(param, sizeof param, "requests[%zu].endpoint", i);
+            fail400(r, param, "endpoint must be /v1/chat/completions, /v1/completions or "
+                              "/v1/embeddings");
+            return -1;
+        }
+        if (!json_is_object(b)) {
+            snprintf(param, sizeof param, "requests[%zu].body", i);
+            fail400(r, param, "body must be a JSON object");
+            return -1;
+        }
+        it = b;
+    }
+    json_t *stream = json_object_get(it, "stream");
+    if (json_is_true(stream)) {
+        snprintf(param, sizeof param, "requests[%zu].stream", i);
+        snprintf(msg, sizeof msg, "item %zu asks for stream; use the gather's own stream option",
+                 i);
+        fail400(r, param, msg);
+        return -1;
+    }
+    out->body = json_incref(it);
+    return 0;
+}
+
+static int parse_options(struct request *r, struct gather *g, json_t *body)
+{
+    const struct conf *c = r->conf;
+    uint64_t conc = c->gather.max_concurrency, timeout = 0, item_timeout = 0;
+    if (opt_bool(r, body, "return_exceptions", &g->return_exceptions) < 0 ||
+        opt_bool(r, body, "stream", &g->stream) < 0 ||
+        opt_uint(r, body, "timeout_ms", &timeout) < 0 ||
+        opt_uint(r, body, "item_timeout_ms", &item_timeout) < 0 ||
+        opt_uint(r, body, "max_concurrency", &conc) < 0)
+        return -1;
+    json_t *mode = json_object_get(body, "mode");
+    if (mode && !json_is_null(mode)) {
+        const char *m = json_string_value(mode);
+        if (!m || (strcmp(m, "all") != 0 && strcmp(m, "first") != 0)) {
+            fail400(r, "mode", "mode must be \"all\" or \"first\"");
+            return -1;
+        }
+        g->mode = strcmp(m, "first") == 0 ? MODE_FIRST : MODE_ALL;
+    }
+    if (conc == 0)
+        conc = 1;
+    g->max_concurrency = (unsigned)(conc < c->gather.max_concurrency ? conc
+                                                                     : c->gather.max_concurrency);
+    g->item_timeout_ms = item_timeout;
+    if (timeout) {
+        /* The gather's own timer reports unfinished items as 504 entries; the request deadline
+         * is pushed just past it so that graceful path wins. */
+        uint64_t cap = c->timeouts.max_ms;
+        if (cap && timeout > cap)
+            timeout = cap;
+        request_set_deadline(r, timeout + 1000);
+        ev_timer_set(&g->timeout, (double)timeout / 1000.0, 0.);
+    } else if (r->deadline_at) {
+        double left = r->deadline_at - ev_now(r->w->loop);
+        ev_timer_set(&g->timeout, left > 0.05 ? left - 0.05 : 0., 0.);
+        request_set_deadline(r, (uint64_t)((r->deadline_at - r->started) * 1000) + 1000);
+    }
+    return 0;
+}
+
+static int parse_requests(struct request *r, struct gather *g, json_t *body)
+{
+    json_t *reqs = json_object_get(body, "requests");
+    size_t max = r->conf->gather.max_items;
+    if (!json_is_array(reqs) || json_array_size(reqs) == 0) {
+        fail400(r, "requests", "requests must be a non-empty array");
+        return -1;
+    }
+    if (json_array_size(reqs) > max) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "at most %zu requests per gather", max);
+        fail400(r, "requests", msg);
+        return -1;
+    }
+    g->n = json_array_size(reqs);
+    g->items = calloc(g->n, sizeof *g->items);
+    if (!g->items) {
+        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                     OUTCOME_REJECTED);
+        return -1;
+    }
+    for (size_t i = 0; i < g->n; i++)
+        if (parse_item(r, json_array_get(reqs, i), i, &g->items[i]) < 0)
+            return -1;
+    return 0;
+}
+
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+void gather_start(struct request *r, json_t *body)
+{
+    struct gather *g = calloc(1, sizeof *g);
+    if (!g) {
+        json_decref(body);
+        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                     OUTCOME_REJECTED);
+        return;
+    }
+    g->parent = r;
+    g->return_exceptions = true;
+    g->failure = g->winner = -1;
+    ev_timer_init(&g->timeout, on_timeout, 0., 0.);
+    g->timeout.data = g;
+    r->gather = g;
+    int rc = parse_options(r, g, body);
+    if (rc == 0)
+        rc = parse_requests(r, g, body);
+    json_decref(body);
+    if (rc < 0)
+        return;     /* answered; the gather is freed with its request */
+    if (ev_timer_remaining(r->w->loop, &g->timeout) > 0 || g->timeout.repeat == 0)
+        ev_timer_start(r->w->loop, &g->timeout);
+    if (g->stream)
+        request_stream_start(r, 200);
+    advance(g);
+}
+
+static json_t *entry_error(int status, const char *type, const char *code, const char *msg,
+                           size_t index)
+{
+    return json_pack("{s:I, s:i, s:{s:s, s:s, s:n, s:s}}", "index", (json_int_t)index,
+                     "status", status, "error", "message", msg, "type", type, "param",
+                     "code", code);
+}
+
+static void start_item(struct gather *g, size_t i)
+{
+    struct request *p = g->parent;
+    struct gather_item *it = &g->items[i];
+    struct request *r = request_new(p->w, p->conf, &item_sink, g, p->route);
+    if (!r) {
+        it->entry = entry_error(503, "server_error", "overloaded", "out of memory", i);
+        it->status = 503;
+        it->done = true;
+        g->ndone++;
+        g->failed++;
+        return;
+    }
+    it->req = r;
+    r->gather_index = (unsigned)i;
+    r->ep = it->ep;
+    r->key = p->key;
+    r->no_retry = p->no_retry;
+    memcpy(r->method, p->method, sizeof r->method);
+    memcpy(r->path, p->path, sizeof r->path);
+    snprintf(r->id, sizeof r->id, "%.*s.%u", REQUEST_ID_MAX - 12, p->id, (unsigned)i % 100000);
+    double left = p->deadline_at ? (p->deadline_at - ev_now(p->w->loop)) * 1000.0 : 0;
+    uint64_t ms = g->item_timeout_ms;
+    if (left > 0 && (!ms || (double)ms > left))
+        ms = (uint64_t)left;
+    request_set_deadline(r, ms);
+    g->running++;
+    json_t *body = it->body;
+    it->body = NULL;
+    char prefix[40];
+    snprintf(prefix, sizeof prefix, "requests[%zu].", i);
+    router_start_upstream(r, body, prefix);
+}
+
+/* A child answered: keep its answer as the item's entry. */
+static void item_respond(struct request *r, int status, const char *body, size_t len)
+{
+    struct gather *g = r->owner;
+    struct gather_item *it = &g->items[r->gather_index];
+    json_t *j = json_loadb(body, len, 0, NULL);
+    it->status = status;
+    if (status >= 200 && status < 300) {
+        openai_usage(j, &g->prompt_tokens, &g->completion_tokens);
+        it->entry = json_pack("{s:I, s:i, s:o}", "index", (json_int_t)r->gather_index,
+                              "status", status, "response", j ? j : json_null());
+        return;
+    }
+    json_t *err = json_incref(json_object_get(j, "error"));
+    json_decref(j);
+    if (status == 504 && r->deadline_at && ev_now(r->w->loop) >= r->deadline_at - 0.001)
+        json_object_set_new(err, "code", json_string("item_timeout"));
+    it->entry = json_pack("{s:I, s:i, s:o}", "index", (json_int_t)r->gather_index, "status",
+                          status, "error", err ? err : json_object());
+}
+
+static void emit(struct gather *g, const char *event, json_t *data)
+{
+    char *text = json_dumps(data, JSON_COMPACT);
+    struct buf ev = BUF_INIT;
+    buf_printf(&ev, "event: %s\ndata: %s\n\n", event, text ? text : "{}");
+    request_stream_data(g->parent, ev.data, ev.len);
+    buf_free(&ev);
+    free(text);
+}
+
+static void item_ended(struct request *r)
+{
+    struct gather *g = r->owner;
+    struct gather_item *it = &g->items[r->gather_index];
+    METRIC_INC(r->w->m.gather_items[r->outcome]);
+    g->running--;
+    it->done = true;
+    g->ndone++;
+    if (!it->entry) {   /* ended without an answer: cancelled by the gather itself */
+        it->status = 499;
+        it->entry = entry_error(499, "cancelled", "cancelled", "cancelled", r->gather_index);
+    }
+    bool ok = it->status >= 200 && it->status < 300;
+    if (ok)
+        g->succeeded++;
+    else
+        g->failed++;
+    if (g->finished)
+        return;
+    if (ok && g->mode == MODE_FIRST && g->winner < 0)
+        g->winner = r->gather_index;
+    if (!ok && !g->return_exceptions && g->mode == MODE_ALL && g->failure < 0)
+        g->failure = r->gather_index;
+    if (g->stream && (g->mode == MODE_ALL || ok))
+        emit(g, "result", it->entry);
+    advance(g);
+}
+
+static json_t *summary(struct gather *g)
+{
+    struct request *p = g->parent;
+    double ms = (ev_now(p->w->loop) - p->started) * 1000.0;
+    return json_pack("{s:s, s:I, s:I, s:{s:I, s:I, s:I}, s:I}", "object", "gather.result",
+                     "succeeded", (json_int_t)g->succeeded, "failed", (json_int_t)g->failed,
+                     "usage", "prompt_tokens", (json_int_t)g->prompt_tokens,
+                     "completion_tokens", (json_int_t)g->completion_tokens, "total_tokens",
+                     (json_int_t)(g->prompt_tokens + g->completion_tokens),
+                     "elapsed_ms", (json_int_t)ms);
+}
+
+/* The gather's answer when one item decides it (fail-fast failure, first winner, none won). */
+static void finish_decided(struct gather *g, struct gather_item *it, size_t index)
+{
+    struct request *p = g->parent;
+    json_t *body;
+    int status = it ? it->status : 502;
+    if (it && status >= 200 && status < 300) {
+        body = json_incref(json_object_get(it->entry, "response"));
+    } else {
+        json_t *err = it ? json_incref(json_object_get(it->entry, "error")) : NULL;
+        if (!err)
+            err = json_pack("{s:s, s:s, s:n, s:s}", "message", "no item succeeded", "type",
+                            "upstream_error", "param", "code", "all_failed");
+        if (status < 400 || status == 499)
+            status = 502;
+        body = json_pack("{s:o, s:I}", "error", err, "index", (json_int_t)index);
+    }
+    if (g->stream) {
+        emit(g, status < 300 ? "result" : "error", body);
+        json_t *s = summary(g);
+        emit(g, "done", s);
+        json_decref(s);
+        json_decref(body);
+        request_stream_end(p, true);
+        request_end(p, OUTCOME_COMPLETED);
+        return;
+    }
+    request_reply_json(p, status, body);
+}
+
+static void finish_all(struct gather *g)
+{
+    struct request *p = g->parent;
+    json_t *s = summary(g);
+    if (g->stream) {
+        emit(g, "done", s);
+        json_decref(s);
+        request_stream_end(p, true);
+        request_end(p, OUTCOME_COMPLETED);
+        return;
+    }
+    json_t *results = json_array();
+    for (size_t i = 0; i < g->n; i++)
+        json_array_append(results, g->items[i].entry);
+    json_object_set_new(s, "results", results);
+    request_reply_json(p, 200, s);
+}
+
+static void finish(struct gather *g)
+{
+    struct request *p = g->parent;
+    g->finished = true;
+    ev_timer_stop(p->w->loop, &g->timeout);
+    metrics_observe(&p->w->m.gather_duration, ev_now(p->w->loop) - p->started);
+    gather_cancel(g, OUTCOME_CANCELLED);    /* siblings still running lose */
+    if (g->failure >= 0)
+        finish_decided(g, &g->items[g->failure], (size_t)g->failure);
+    else if (g->mode == MODE_FIRST && g->winner >= 0)
+        finish_decided(g, &g->items[g->winner], (size_t)g->winner);
+    else if (g->mode == MODE_FIRST) {
+        ssize_t last = -1;      /* none won: carry the last error */
+        for (size_t i = 0; i < g->n; i++)
+            if (g->items[i].done && (last < 0 || g->items[i].status != 499))
+                last = (ssize_t)i;
+        finish_decided(g, last >= 0 ? &g->items[last] : NULL, last >= 0 ? (size_t)last : 0);
+    } else
+        finish_all(g);
+}
+
+static void advance(struct gather *g)
+{
+    if (g->advancing)
+        return;
+    g->advancing = true;
+    while (!g->finished) {
+        if (g->failure >= 0 || g->winner >= 0 || g->ndone == g->n) {
+            finish(g);
+            break;
+        }
+        if (g->running < g->max_concurrency && g->next < g->n) {
+            start_item(g, g->next++);
+            continue;
+        }
+        break;
+    }
+    g->advancing = false;
+}
+
+/* timeout_ms passed: unfinished items become 504 entries and the gather answers. */
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct gather *g = t->data;
+    for (size_t i = 0; i < g->n; i++) {
+        struct gather_item *it = &g->items[i];
+        if (it->done)
+            continue;
+        it->status = 504;
+        it->entry = entry_error(504, "timeout_error", "gather_timeout",
+                                "the gather's timeout_ms passed before this item finished", i);
+        if (!it->req) {     /* never started */
+            it->done = true;
+            g->ndone++;
+            g->failed++;
+            json_decref(it->body);
+            it->body = NULL;
+        } else if (!g->return_exceptions && g->failure < 0) {
+            g->failure = (ssize_t)i;
+        }
+    }
+    g->next = g->n;
+    for (size_t i = 0; i < g->n; i++)
+        if (g->items[i].req && !g->items[i].done)
+            request_end(g->items[i].req, OUTCOME_DEADLINE);
+    advance(g);
+}
+
+void gather_cancel(struct gather *g, enum outcome o)
+{
+    g->finished = true;
+    ev_timer_stop(g->parent->w->loop, &g->timeout);
+    for (size_t i = 0; i < g->n; i++)
+        if (g->items[i].req && !g->items[i].done)
+            request_end(g->items[i].req, o);
+}
+
+void gather_free(struct gather *g)
+{
+    for (size_t i = 0; i < g->n; i++) {
+        request_free(g->items[i].req);
+        json_decref(g->items[i].body);
+        json_decref(g->items[i].entry);
+    }
+    free(g->items);
+    free(g);
+}

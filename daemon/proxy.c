@@ -1,0 +1,408 @@
+/* proxy: runs one request's upstream attempts — target order, retries with backoff inside the
+ * deadline, fallbacks, circuit breaker — and turns answers into the request's sink calls. */
+#include "daemon/proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/sse.h"
+#include "daemon/worker.h"
+#include "upstream/engine.h"
+#include "upstream/route.h"
+
+#define SSE_MAX_EVENT (1u << 20)
+
+struct proxy {
+    struct request *r;
+    json_t *body;
+    const struct conf_model *model;
+    unsigned order[ROUTE_MAX_TARGETS];
+    unsigned norder, pos, retry;
+    const struct conf_target *target;
+    struct route_health *health;
+    struct call *call;
+    ev_timer backoff;
+    struct codec codec;
+    struct buf resp;                /* non-streamed answer, or an error body */
+    struct buf frames;              /* translated stream output, reused */
+    struct sse_parser sse;
+    long status;
+    int64_t retry_after_ms;
+    bool paused, stream_failed;
+    /* the last failure, reported when no attempt is left */
+    int fail_status;
+    const char *fail_type, *fail_code;
+    char fail_msg[200];
+    json_t *fail_body;              /* an upstream 4xx error, relayed as is */
+};
+
+static void attempt(struct proxy *p);
+static void on_head(void *ud, long status, int64_t retry_after_ms);
+static enum call_verdict on_data(void *ud, const char *data, size_t n);
+static void on_done(void *ud, enum call_result result, long status, const char *detail);
+
+static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
+
+static void proxy_free(struct proxy *p)
+{
+    ev_timer_stop(p->r->w->loop, &p->backoff);
+    if (p->codec.ops)
+        codec_free(&p->codec);
+    sse_free(&p->sse);
+    buf_free(&p->resp);
+    buf_free(&p->frames);
+    json_decref(p->body);
+    json_decref(p->fail_body);
+    free(p);
+}
+
+static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    attempt(t->data);
+}
+
+int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
+{
+    struct proxy *p = calloc(1, sizeof *p);
+    if (!p) {
+        json_decref(body);
+        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                     OUTCOME_REJECTED);
+        return -1;
+    }
+    p->r = r;
+    p->body = body;
+    p->model = m;
+    ev_timer_init(&p->backoff, on_backoff, 0., 0.);
+    p->backoff.data = p;
+    const struct route_health *health[ROUTE_MAX_TARGETS];
+    for (size_t i = 0; i < m->ntargets && i < ROUTE_MAX_TARGETS; i++)
+        health[i] = worker_health(r->w, m->targets[i].upstream->name);
+    p->norder = route_order(m, health, &r->w->rng, p->order);
+    p->fail_status = 503;
+    p->fail_type = "upstream_error";
+    p->fail_code = "no_healthy_upstream";
+    snprintf(p->fail_msg, sizeof p->fail_msg, "no healthy upstream for model %s", m->name);
+    r->proxy = p;
+    attempt(p);
+    return 0;
+}
+
+void proxy_cancel(struct proxy *p, enum abort_reason why)
+{
+    if (p->call) {
+        call_cancel(p->call);
+        p->call = NULL;
+        METRIC_INC(p->r->w->m.aborted[why]);
+        METRIC_DEC(p->r->w->m.upstream_inflight);
+        p->health->inflight--;
+    }
+    proxy_free(p);
+}
+
+void proxy_resume(struct proxy *p)
+{
+    if (p->paused && p->call) {
+        p->paused = false;
+        call_resume(p->call);   /* may deliver the held bytes right away, through on_data */
+    }
+}
+
+/* No attempt left: report the last failure (a relayed upstream error, or the gateway's). */
+static void give_up(struct proxy *p)
+{
+    struct request *r = p->r;
+    r->retry_after_s = p->fail_status == 429 || p->fail_status == 503
+                           ? (p->retry_after_ms > 0 ? (p->retry_after_ms + 999) / 1000 : 1)
+                           : -1;
+    if (p->fail_body) {
+        char *text = json_dumps(p->fail_body, JSON_COMPACT);
+        request_respond(r, p->fail_status, text ? text : "{}", text ? strlen(text) : 2);
+        free(text);
+        request_end(r, OUTCOME_UPSTREAM_ERROR);
+        return;
+    }
+    request_fail(r, p->fail_status, p->fail_type, p->fail_code, NULL, p->fail_msg,
+                 OUTCOME_UPSTREAM_ERROR);
+}
+
+static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstream *up)
+{
+    char line[160];
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, p->r->stream ? "Accept: text/event-stream" : "Accept: application/json");
+    h = curl_slist_append(h, "Expect:");     /* no 100-continue round trip upstream */
+    snprintf(line, sizeof line, "X-Request-Id: %s", p->r->id);
+    h = curl_slist_append(h, line);
+    for (size_t i = 0; i < up->nheaders; i++) {
+        struct buf b = BUF_INIT;
+        buf_printf(&b, "%s: %s", up->headers[i].name, up->headers[i].value);
+        h = curl_slist_append(h, b.data);
+        buf_free(&b);
+    }
+    return p->codec.ops->auth(up, h);
+}
+
+/* Prepares the call for the current target; -1 when this target can't take the request. */
+static int launch(struct proxy *p)
+{
+    struct request *r = p->r;
+    const struct conf_upstream *up = p->target->upstream;
+    const char *model = p->target->model ? p->target->model : r->model;
+    if (p->codec.ops)
+        codec_free(&p->codec);
+    codec_init(&p->codec, up->provider, r->model, (long)time(NULL));
+    const char *path = p->codec.ops->path(r->ep);
+    char err[200] = "", param[64] = "";
+    json_t *body = path ? p->codec.ops->encode(r->ep, p->body, model, err, sizeof err, param,
+                                               sizeof param) : NULL;
+    if (!body) {
+        p->fail_status = 400;
+        p->fail_type = "invalid_request_error";
+        p->fail_code = path ? "unsupported_request" : "unsupported_endpoint";
+        snprintf(p->fail_msg, sizeof p->fail_msg, "%s",
+                 path ? err : "this endpoint is not supported by the model's upstream");
+        return -1;
+    }
+    struct call_spec spec = {0};
+    struct buf url = BUF_INIT;
+    buf_printf(&url, "%s%s", up->base_url, path);
+    spec.url = url.data;
+    spec.body = json_dumps(body, JSON_COMPACT);
+    spec.body_len = spec.body ? strlen(spec.body) : 0;
+    json_decref(body);
+    spec.headers = build_headers(p, up);
+    spec.connect_timeout_ms = r->conf->timeouts.connect_ms;
+    spec.timeout_ms = up->timeout_ms;
+    spec.max_response_bytes = r->stream ? 0 : up->max_response_bytes;
+    p->call = call_start(r->w->engine, &spec, &proxy_call_ops, p);
+    buf_free(&url);
+    if (!p->call)
+        return -1;
+    sse_free(&p->sse);
+    sse_init(&p->sse, SSE_MAX_EVENT);
+    return 0;
+}
+
+static void attempt(struct proxy *p)
+{
+    struct request *r = p->r;
+    double now = ev_now(r->w->loop);
+    for (; p->pos < p->norder; p->pos++, p->retry = 0) {
+        p->target = &p->model->targets[p->order[p->pos]];
+        p->health = worker_health(r->w, p->target->upstream->name);
+        if (p->retry == 0 && !route_health_allows(p->health, now))
+            continue;
+        if (p->health->open_until)
+            p->health->probing = true;
+        buf_reset(&p->resp);
+        p->status = 0;
+        p->retry_after_ms = -1;
+        if (launch(p) < 0)
+            continue;
+        if (p->pos > 0 && p->retry == 0 && r->attempts > 0)
+            METRIC_INC(r->w->m.upstream_fallbacks);
+        r->attempts++;
+        r->upstream = p->target->upstream->name;
+        p->health->inflight++;
+        METRIC_INC(r->w->m.upstream_attempts);
+        METRIC_INC(r->w->m.upstream_inflight);
+        return;
+    }
+    give_up(p);
+}
+
+static void on_head(void *ud, long status, int64_t retry_after_ms)
+{
+    struct proxy *p = ud;
+    p->status = status;
+    p->retry_after_ms = retry_after_ms;
+}
+
+static int on_sse_event(void *ud, const char *ev, size_t elen, const char *data, size_t dlen)
+{
+    struct proxy *p = ud;
+    if (p->codec.ops->decode_event(&p->codec, ev, elen, data, dlen, &p->frames) < 0) {
+        p->stream_failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* Relays one upstream read of a stream. Returns false when the request ended inside. */
+static bool relay_stream(struct proxy *p, const char *data, size_t n)
+{
+    struct request *r = p->r;
+    buf_reset(&p->frames);
+    int rc = sse_feed(&p->sse, data, n, on_sse_event, p);
+    if (p->frames.len && !p->stream_failed) {
+        if (!r->streaming)
+            request_stream_start(r, 200);
+        if (request_stream_data(r, p->frames.data, p->frames.len))
+            p->paused = true;
+    }
+    if (rc < 0 || p->stream_failed) {
+        const char *msg = "upstream stream could not be decoded";
+        json_t *e = p->stream_failed ? json_loadb(p->frames.data, p->frames.len, 0, NULL) : NULL;
+        json_t *m = json_object_get(json_object_get(e, "error"), "message");
+        if (json_is_string(m))
+            msg = json_string_value(m);
+        request_fail(r, 502, "upstream_error", "upstream_stream_error", NULL, msg,
+                     OUTCOME_UPSTREAM_ERROR);
+        json_decref(e);
+        return false;
+    }
+    return true;
+}
+
+static enum call_verdict on_data(void *ud, const char *data, size_t n)
+{
+    struct proxy *p = ud;
+    if (p->paused)
+        return CALL_PAUSE;
+    if (p->r->stream && p->status >= 200 && p->status < 300) {
+        relay_stream(p, data, n);   /* the call was cancelled if the request ended */
+        return CALL_CONTINUE;
+    }
+    buf_append(&p->resp, data, n);
+    return CALL_CONTINUE;
+}
+
+static void record_failure(struct proxy *p, enum call_result result, long status,
+                           const char *detail)
+{
+    const char *up = p->target->upstream->name;
+    p->fail_type = "upstream_error";
+    json_decref(p->fail_body);
+    p->fail_body = NULL;
+    switch (result) {
+    case CALL_OK:
+        if (status >= 400 && status < 500) {
+            /* The upstream's own answer, relayed with its status (wrapped if not OpenAI's). */
+            p->fail_status = (int)status;
+            p->fail_body = p->codec.ops->decode_error(status, p->resp.data, p->resp.len);
+            return;
+        }
+        p->fail_status = 502;
+        p->fail_code = status >= 500 ? "upstream_status" : "upstream_bad_response";
+        snprintf(p->fail_msg, sizeof p->fail_msg, "upstream %s answered %s (status %ld)", up,
+                 status >= 500 ? "with an error" : "with an unreadable body", status);
+        return;
+    case CALL_TIMEOUT:
+        p->fail_status = 504;
+        p->fail_type = "timeout_error";
+        p->fail_code = "upstream_timeout";
+        break;
+    case CALL_CONNECT:
+        p->fail_status = 502;
+        p->fail_code = "upstream_unreachable";
+        break;
+    case CALL_RESET:
+        p->fail_status = 502;
+        p->fail_code = "upstream_reset";
+        break;
+    case CALL_TOO_LARGE:
+        p->fail_status = 502;
+        p->fail_code = "upstream_response_too_large";
+        break;
+    default:
+        p->fail_status = 502;
+        p->fail_code = "upstream_error";
+    }
+    snprintf(p->fail_msg, sizeof p->fail_msg, "upstream %s: %s", up, detail);
+    log_warn("request %s: upstream %s failed: %s", p->r->id, up, detail);
+}
+
+/* A complete, successful, non-streamed answer. false: the body was garbage. */
+static bool deliver_body(struct proxy *p)
+{
+    struct request *r = p->r;
+    struct buf out = BUF_INIT;
+    if (p->codec.ops->decode_body(&p->codec, r->ep, p->resp.data, p->resp.len, &out) < 0) {
+        buf_free(&out);
+        return false;
+    }
+    r->prompt_tokens += p->codec.prompt_tokens;
+    r->completion_tokens += p->codec.completion_tokens;
+    struct buf *body = out.len ? &out : &p->resp;
+    request_respond(r, (int)p->status, body->data, body->len);
+    buf_free(&out);
+    request_end(r, OUTCOME_COMPLETED);
+    return true;
+}
+
+static void finish_stream(struct proxy *p, enum call_result result)
+{
+    struct request *r = p->r;
+    r->prompt_tokens += p->codec.prompt_tokens;
+    r->completion_tokens += p->codec.completion_tokens;
+    if (result == CALL_OK && p->codec.stream_done) {
+        request_stream_end(r, true);
+        request_end(r, OUTCOME_COMPLETED);
+        return;
+    }
+    request_fail(r, 502, "upstream_error", "upstream_stream_truncated", NULL,
+                 result == CALL_OK ? "upstream ended the stream early"
+                                   : "upstream connection lost mid-stream",
+                 OUTCOME_UPSTREAM_ERROR);
+}
+
+/* After a failed attempt: the same target again after a backoff, the next target, or done. */
+static void retry_or_give_up(struct proxy *p, enum call_result result, long status)
+{
+    struct request *r = p->r;
+    if (r->no_retry || !route_retryable(result, status)) {
+        give_up(p);
+        return;
+    }
+    if (p->retry < p->model->retries) {
+        uint64_t wait = route_backoff_ms(p->model, p->retry, p->retry_after_ms, &r->w->rng);
+        double at = ev_now(r->w->loop) + (double)wait / 1000.0;
+        if (r->deadline_at && at >= r->deadline_at) {
+            give_up(p);     /* a retry must fit inside the deadline, never extend it */
+            return;
+        }
+        p->retry++;
+        METRIC_INC(r->w->m.upstream_retries);
+        ev_timer_set(&p->backoff, (double)wait / 1000.0, 0.);
+        ev_timer_start(r->w->loop, &p->backoff);
+        return;
+    }
+    p->pos++;
+    p->retry = 0;
+    attempt(p);
+}
+
+static void on_done(void *ud, enum call_result result, long status, const char *detail)
+{
+    struct proxy *p = ud;
+    struct request *r = p->r;
+    struct worker *w = r->w;
+    double ms = (ev_now(w->loop) - r->started) * 1000.0;
+    p->call = NULL;
+    p->health->inflight--;
+    METRIC_DEC(w->m.upstream_inflight);
+    metrics_observe(&w->m.upstream_latency, ms / 1000.0);
+    r->upstream_ms = ms;
+    bool ok = result == CALL_OK && status >= 200 && status < 300;
+    route_health_result(p->health, ok || (result == CALL_OK && status < 500 && status != 429),
+                        ev_now(w->loop), r->conf->health.failures,
+                        (double)r->conf->health.cooldown_ms / 1000.0);
+    if (r->streaming) {
+        finish_stream(p, result);
+        return;
+    }
+    if (ok && !r->stream && deliver_body(p))
+        return;
+    if (ok) {       /* garbage, or a 2xx "stream" without a single event */
+        result = CALL_ERROR;
+        detail = r->stream ? "no stream events in the answer" : "the answer is not valid JSON";
+    }
+    METRIC_INC(w->m.upstream_failures);
+    record_failure(p, result, status, detail);
+    retry_or_give_up(p, result, status);
+}

@@ -1,0 +1,94 @@
+/* request: one unit of client-visible work (an HTTP request, a gather item, later a job).
+ * It owns its deadline, its upstream work and its config reference, and ends exactly once
+ * through request_end(), which cancels all it still owns and records the outcome. */
+#ifndef LLMUX_REQUEST_H
+#define LLMUX_REQUEST_H
+
+#include <ev.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "conf/conf.h"
+#include "daemon/metrics.h"
+#include "upstream/provider.h"
+
+struct request;
+struct worker;
+struct proxy;
+struct gather;
+
+/* Where a request's answer goes: a client connection, a gather parent, a job record.
+ * stream_data returns true when the consumer is above its high-water mark (pause upstream);
+ * it later calls request_drained(). `ended` runs once, from request_end. */
+struct sink_ops {
+    void (*respond)(struct request *r, int status, const char *body, size_t len);
+    void (*stream_start)(struct request *r, int status);
+    bool (*stream_data)(struct request *r, const char *p, size_t n);
+    void (*stream_end)(struct request *r, bool complete);
+    void (*ended)(struct request *r);
+};
+
+#define REQUEST_ID_MAX 64
+
+struct request {
+    struct worker *w;
+    struct conf *conf;                  /* reference held for the request's whole life */
+    const struct sink_ops *sink;
+    void *owner;                        /* conn, gather, … (the sink's context) */
+    char id[REQUEST_ID_MAX + 1];
+    enum route_id route;
+    enum endpoint ep;
+    const struct conf_key *key;         /* NULL when the gateway is open */
+    char *model;                        /* client's model name (for logs), owned */
+    char method[8];
+    char path[48];                      /* truncated copy, for logs */
+    double started;                     /* ev_now at creation */
+    ev_timer deadline;
+    double deadline_at;                 /* absolute, loop clock; 0 = none */
+    bool no_retry, stream, ended, responded, streaming;
+    int status;
+    enum outcome outcome;
+    const char *upstream;               /* name of the upstream that served it (in conf) */
+    const char *content_type;           /* of a complete answer; NULL = JSON */
+    const char *allow;                  /* Allow header of a 405 */
+    unsigned attempts;
+    int64_t retry_after_s;              /* -1 none */
+    long prompt_tokens, completion_tokens;
+    uint64_t bytes_out;
+    double upstream_ms;
+    struct proxy *proxy;                /* upstream work of chat-like requests */
+    struct gather *gather;              /* work of a gather */
+    unsigned gather_index;              /* item index when owned by a gather */
+};
+
+/* conf: a reference is taken. deadline_ms 0 = none. */
+struct request *request_new(struct worker *w, struct conf *conf, const struct sink_ops *sink,
+                            void *owner, enum route_id route);
+void request_set_deadline(struct request *r, uint64_t ms);
+/* Ends the request once: cancels its work, stops its timer, counts and logs it, tells the sink. */
+void request_end(struct request *r, enum outcome o);
+void request_free(struct request *r);
+
+/* Answers with an OpenAI-shaped error (or, mid-stream, an SSE error event and a truncated end)
+ * and ends the request with outcome o. */
+void request_fail(struct request *r, int status, const char *type, const char *code,
+                  const char *param, const char *message, enum outcome o);
+/* Answers with a complete JSON body and ends the request as completed. */
+void request_reply_json(struct request *r, int status, json_t *body);   /* steals body */
+/* The sink drained below its low-water mark: resume paused upstream reads. */
+void request_drained(struct request *r);
+
+/* Response production, for the request's worker (proxy, handlers). Each tracks state so that
+ * request_fail knows whether a head already went out. */
+void request_respond(struct request *r, int status, const char *body, size_t len);
+void request_stream_start(struct request *r, int status);
+bool request_stream_data(struct request *r, const char *p, size_t n);  /* true: above high water */
+void request_stream_end(struct request *r, bool complete);
+
+/* Request ids: unique, URL-safe. Client-supplied ids are kept when they are safe. */
+void request_make_id(char *out, uint32_t *rng);
+bool request_id_acceptable(const char *p, size_t n);
+
+#endif

@@ -1,0 +1,286 @@
+/* router: endpoint table, authentication, request controls (deadline, no-retry), and the
+ * small handlers. Chat-like endpoints are validated here and handed to the proxy. */
+#include "daemon/router.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "daemon/gather.h"
+#include "daemon/proxy.h"
+#include "daemon/worker.h"
+
+struct route {
+    const char *path;
+    enum http_method method;
+    const char *allow;
+    enum route_id id;
+    bool needs_key;
+};
+
+static const struct route routes[] = {
+    {"/v1/chat/completions", HTTP_POST, "POST", ROUTE_CHAT, true},
+    {"/v1/completions", HTTP_POST, "POST", ROUTE_COMPLETIONS, true},
+    {"/v1/embeddings", HTTP_POST, "POST", ROUTE_EMBEDDINGS, true},
+    {"/v1/models", HTTP_GET, "GET", ROUTE_MODELS, true},
+    {"/v1/gather", HTTP_POST, "POST", ROUTE_GATHER, true},
+    {"/healthz", HTTP_GET, "GET", ROUTE_HEALTHZ, false},
+    {"/readyz", HTTP_GET, "GET", ROUTE_READYZ, false},
+    {"/metrics", HTTP_GET, "GET", ROUTE_METRICS, false},
+};
+
+static void fail400(struct request *r, const char *param, const char *code, const char *msg)
+{
+    request_fail(r, 400, "invalid_request_error", code, param, msg, OUTCOME_REJECTED);
+}
+
+static void copy_slice(char *dst, size_t cap, struct http_slice s)
+{
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    memcpy(dst, s.p, n);
+    dst[n] = '\0';
+}
+
+static void set_id(struct request *r, const struct http_head *h)
+{
+    const struct http_header *x = http_find_header(h, "x-request-id");
+    if (x && request_id_acceptable(x->value.p, x->value.len))
+        copy_slice(r->id, sizeof r->id, x->value);
+    else
+        request_make_id(r->id, &r->w->rng);
+}
+
+/* Bearer token or x-api-key; 0 when allowed (or no keys configured). */
+static int authenticate(struct request *r, const struct http_head *h)
+{
+    if (r->conf->nkeys == 0)
+        return 0;
+    struct http_slice key = {NULL, 0};
+    const struct http_header *a = http_find_header(h, "authorization");
+    if (a && a->value.len > 7 && strncasecmp(a->value.p, "Bearer ", 7) == 0) {
+        key.p = a->value.p + 7;
+        key.len = a->value.len - 7;
+    } else if ((a = http_find_header(h, "x-api-key"))) {
+        key = a->value;
+    }
+    if (!key.len) {
+        request_fail(r, 401, "authentication_error", "missing_api_key", NULL,
+                     "missing API key: send Authorization: Bearer <key>", OUTCOME_REJECTED);
+        return -1;
+    }
+    r->key = conf_find_key(r->conf, key.p, key.len);
+    if (!r->key) {
+        request_fail(r, 401, "authentication_error", "invalid_api_key", NULL,
+                     "invalid API key", OUTCOME_REJECTED);
+        return -1;
+    }
+    return 0;
+}
+
+/* X-Llmux-Timeout-Ms (capped by timeouts.max) else timeouts.default. */
+static int set_controls(struct request *r, const struct http_head *h)
+{
+    uint64_t ms = r->conf->timeouts.default_ms;
+    const struct http_header *t = http_find_header(h, "x-llmux-timeout-ms");
+    if (t) {
+        uint64_t v = 0;
+        size_t i = 0;
+        for (; i < t->value.len && i < 12 && t->value.p[i] >= '0' && t->value.p[i] <= '9'; i++)
+            v = v * 10 + (uint64_t)(t->value.p[i] - '0');
+        if (i == 0 || i != t->value.len || v == 0) {
+            fail400(r, "X-Llmux-Timeout-Ms", "invalid_header",
+                    "X-Llmux-Timeout-Ms must be a positive integer (milliseconds)");
+            return -1;
+        }
+        ms = v;
+    }
+    if (r->conf->timeouts.max_ms && ms > r->conf->timeouts.max_ms)
+        ms = r->conf->timeouts.max_ms;
+    request_set_deadline(r, ms);
+    const struct http_header *nr = http_find_header(h, "x-llmux-no-retry");
+    r->no_retry = nr && http_slice_eq(nr->value, "1");
+    return 0;
+}
+
+void router_start_upstream(struct request *r, json_t *body, const char *pp)
+{
+    char param[96];
+    json_t *model = json_object_get(body, "model");
+    if (!json_is_string(model) || !json_string_length(model)) {
+        snprintf(param, sizeof param, "%smodel", pp);
+        json_decref(body);
+        fail400(r, param, "missing_model", "you must provide a model parameter (a string)");
+        return;
+    }
+    r->model = strdup(json_string_value(model));
+    json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
+        snprintf(param, sizeof param, "%sstream", pp);
+        json_decref(body);
+        fail400(r, param, "invalid_type", "stream must be a boolean");
+        return;
+    }
+    r->stream = json_is_true(stream) && r->ep != EP_EMBEDDINGS;
+    if (r->ep == EP_CHAT && !json_is_array(json_object_get(body, "messages"))) {
+        snprintf(param, sizeof param, "%smessages", pp);
+        json_decref(body);
+        fail400(r, param, "missing_messages", "messages must be an array of messages");
+        return;
+    }
+    if (r->key && !conf_key_allows_model(r->key, r->model)) {
+        json_decref(body);
+        request_fail(r, 403, "permission_error", "model_not_allowed", NULL,
+                     "this key may not use this model", OUTCOME_REJECTED);
+        return;
+    }
+    const struct conf_model *m = conf_find_model(r->conf, r->model);
+    if (!m) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the model '%.100s' does not exist", r->model);
+        json_decref(body);
+        request_fail(r, 404, "invalid_request_error", "model_not_found", "model", msg,
+                     OUTCOME_REJECTED);
+        return;
+    }
+    unsigned cap = r->conf->limits.max_inflight / r->w->srv->nworkers;
+    if (engine_active(r->w->engine) >= (cap ? cap : 1)) {
+        json_decref(body);
+        r->retry_after_s = 1;
+        request_fail(r, 503, "server_error", "overloaded", NULL,
+                     "too many requests in flight, retry shortly", OUTCOME_REJECTED);
+        return;
+    }
+    proxy_start(r, body, m);
+}
+
+static json_t *parse_body(struct request *r, const char *body, size_t len)
+{
+    json_error_t e;
+    json_t *j = json_loadb(body, len, 0, &e);
+    if (!j) {
+        char msg[240];
+        snprintf(msg, sizeof msg, "invalid JSON body: %s (at byte %d)", e.text, e.position);
+        fail400(r, NULL, "invalid_json", msg);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        fail400(r, NULL, "invalid_json", "the body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static void handle_models(struct request *r)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; i < r->conf->nmodels; i++) {
+        const char *name = r->conf->models[i].name;
+        if (r->key && !conf_key_allows_model(r->key, name))
+            continue;
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id", name, "object",
+                                              "model", "created", 0, "owned_by", "llmux"));
+    }
+    request_reply_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
+}
+
+static bool ready(struct request *r)
+{
+    struct server *s = r->w->srv;
+    if (!__atomic_load_n(&s->ready, __ATOMIC_RELAXED) || r->w->draining)
+        return false;
+    double now = ev_now(r->w->loop);
+    for (size_t i = 0; i < r->conf->nmodels; i++) {
+        const struct conf_model *m = &r->conf->models[i];
+        bool any = false;
+        for (size_t t = 0; t < m->ntargets && !any; t++)
+            any = route_health_allows(worker_health(r->w, m->targets[t].upstream->name), now);
+        if (!any)
+            return false;
+    }
+    return true;
+}
+
+static void handle_metrics(struct request *r)
+{
+    struct server *s = r->w->srv;
+    struct metrics *blocks[256];
+    unsigned n = s->nworkers < 256 ? s->nworkers : 256;
+    for (unsigned i = 0; i < n; i++)
+        blocks[i] = &s->workers[i].m;
+    pthread_mutex_lock(&s->lock);
+    struct metrics_extra x = {s->reloads_ok, s->reloads_failed, s->ready, s->drain};
+    pthread_mutex_unlock(&s->lock);
+    struct buf out = BUF_INIT;
+    metrics_render(&out, blocks, n, &x);
+    r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    request_respond(r, 200, out.data, out.len);
+    buf_free(&out);
+    request_end(r, OUTCOME_COMPLETED);
+}
+
+static void handle(struct request *r, const struct route *rt, const char *body, size_t len)
+{
+    json_t *j;
+    switch (rt->id) {
+    case ROUTE_MODELS: handle_models(r); return;
+    case ROUTE_HEALTHZ:
+        request_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+        return;
+    case ROUTE_READYZ:
+        if (ready(r))
+            request_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
+        else
+            request_fail(r, 503, "server_error", "not_ready", NULL,
+                         r->w->draining ? "draining" : "no healthy upstream for some model",
+                         OUTCOME_COMPLETED);
+        return;
+    case ROUTE_METRICS: handle_metrics(r); return;
+    case ROUTE_GATHER:
+        if ((j = parse_body(r, body, len)))
+            gather_start(r, j);
+        return;
+    default:
+        r->ep = rt->id == ROUTE_CHAT ? EP_CHAT
+              : rt->id == ROUTE_COMPLETIONS ? EP_COMPLETIONS : EP_EMBEDDINGS;
+        if ((j = parse_body(r, body, len)))
+            router_start_upstream(r, j, "");
+    }
+}
+
+void router_dispatch(struct request *r, const struct http_head *head, const char *body,
+                     size_t len)
+{
+    copy_slice(r->method, sizeof r->method, head->method_name);
+    copy_slice(r->path, sizeof r->path, head->path);
+    set_id(r, head);
+    const struct route *rt = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (!http_slice_eq(head->path, routes[i].path))
+            continue;
+        path_known = true;
+        r->allow = routes[i].allow;
+        if (head->method == routes[i].method)
+            rt = &routes[i];
+    }
+    if (!rt) {
+        if (path_known) {
+            request_fail(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                         "method not allowed for this path", OUTCOME_REJECTED);
+            return;
+        }
+        r->allow = NULL;
+        request_fail(r, 404, "invalid_request_error", "unknown_url", NULL,
+                     "unknown path", OUTCOME_REJECTED);
+        return;
+    }
+    r->allow = NULL;
+    r->route = rt->id;
+    if (rt->needs_key && authenticate(r, head) < 0)
+        return;
+    if (rt->needs_key && set_controls(r, head) < 0)
+        return;
+    handle(r, rt, body, len);
+}

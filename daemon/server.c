@@ -1,0 +1,416 @@
+/* server: listening sockets (systemd-inherited or from config), worker threads each running
+ * its own libev loop and curl engine, and the main → worker hand-offs: reload, drain, stop. */
+#include "daemon/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "daemon/conn.h"
+
+#define LISTEN_BACKLOG 4096
+#define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
+#define EMFILE_PAUSE 0.1
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static int listen_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        snprintf(err, errlen, "unix socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path);       /* a stale socket from an earlier run */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+        listen(fd, LISTEN_BACKLOG) < 0) {
+        snprintf(err, errlen, "listen on unix:%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int listen_inet(const char *addr, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= sizeof host) {
+        snprintf(err, errlen, "bad listen address: %s", addr);
+        return -1;
+    }
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        h[strlen(h) - 1] = '\0';
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
+    int rc = getaddrinfo(h, colon + 1, &hints, &res);  /* start-up only: may block */
+    if (rc) {
+        snprintf(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (res->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    }
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 ||
+        listen(fd, LISTEN_BACKLOG) < 0) {
+        snprintf(err, errlen, "listen on %s: %s", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+int server_open_listeners(struct server *s, const struct conf *c, char *err, size_t errlen)
+{
+    int n = sd_listen_fds(1);
+    if (n > 0) {
+        s->listen_fds = calloc((size_t)n, sizeof(int));
+        if (!s->listen_fds)
+            return -1;
+        for (int i = 0; i < n; i++) {
+            s->listen_fds[i] = SD_LISTEN_FDS_START + i;
+            set_nonblock(s->listen_fds[i]);
+            fcntl(s->listen_fds[i], F_SETFD, FD_CLOEXEC);
+        }
+        s->nlisten = (unsigned)n;
+        s->listen_inherited = true;
+        log_info("using %d socket(s) from systemd; listen: is ignored", n);
+        return 0;
+    }
+    s->listen_fds = calloc(c->nlisten ? c->nlisten : 1, sizeof(int));
+    if (!s->listen_fds)
+        return -1;
+    for (size_t i = 0; i < c->nlisten; i++) {
+        const char *a = c->listen[i];
+        int fd = strncmp(a, "unix:", 5) == 0 ? listen_unix(a + 5, err, errlen)
+                                             : listen_inet(a, err, errlen);
+        if (fd < 0)
+            return -1;
+        s->listen_fds[s->nlisten++] = fd;
+        log_info("listening on %s", a);
+    }
+    return 0;
+}
+
+static void accepting(struct worker *w, bool on)
+{
+    if (on == w->accepting)
+        return;
+    w->accepting = on;
+    for (unsigned i = 0; i < w->naccept; i++) {
+        if (on)
+            ev_io_start(w->loop, &w->accept_io[i]);
+        else
+            ev_io_stop(w->loop, &w->accept_io[i]);
+    }
+}
+
+static unsigned conn_cap(const struct worker *w)
+{
+    unsigned cap = w->conf->limits.max_connections / w->srv->nworkers;
+    return cap ? cap : 1;
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct worker *w = io->data;
+    for (int i = 0; i < ACCEPTS_PER_EVENT; i++) {
+        if (w->nconns >= conn_cap(w)) {
+            accepting(w, false);    /* the rest wait in the kernel backlog */
+            return;
+        }
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: pause instead of spinning on a ready listener. */
+                log_warn("accept: %s; pausing accepts for %.0f ms", strerror(errno),
+                         EMFILE_PAUSE * 1000);
+                accepting(w, false);
+                ev_timer_start(loop, &w->accept_pause);
+            }
+            return;     /* EAGAIN (another worker took it), ECONNABORTED, … */
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);     /* fails on unix: ok */
+        conn_accept(w, fd);
+    }
+}
+
+static void on_accept_pause(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct worker *w = t->data;
+    if (!w->draining)
+        accepting(w, true);
+}
+
+void worker_conn_closed(struct worker *w)
+{
+    w->nconns--;
+    if (!w->accepting && !w->draining && !ev_is_active(&w->accept_pause) &&
+        w->nconns < conn_cap(w))
+        accepting(w, true);
+    worker_maybe_finished(w);
+}
+
+void worker_maybe_finished(struct worker *w)
+{
+    if (w->draining && w->nconns == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+}
+
+struct route_health *worker_health(struct worker *w, const char *upstream)
+{
+    struct upstream_health *u;
+    for (u = w->health; u; u = u->next)
+        if (strcmp(u->name, upstream) == 0)
+            return &u->h;
+    u = calloc(1, sizeof *u);
+    if (!u || !(u->name = strdup(upstream))) {
+        free(u);
+        static __thread struct route_health spare;  /* out of memory: a shared, healthy slot */
+        return &spare;
+    }
+    u->next = w->health;
+    w->health = u;
+    return &u->h;
+}
+
+static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct worker *w = t->data;
+    log_warn("worker %u: shutdown grace over, aborting %u connection(s)", w->id, w->nconns);
+    conn_abort_all(w);
+    worker_maybe_finished(w);
+}
+
+static void start_drain(struct worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    accepting(w, false);
+    ev_timer_stop(w->loop, &w->accept_pause);
+    conn_drain_idle(w);
+    ev_timer_set(&w->drain_timer, (double)w->conf->shutdown_grace_ms / 1000.0, 0.);
+    ev_timer_start(w->loop, &w->drain_timer);
+    worker_maybe_finished(w);
+}
+
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct worker *w = a->data;
+    struct server *s = w->srv;
+    struct conf *fresh = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (w->generation != s->conf_generation) {
+        fresh = conf_ref(s->current);
+        w->generation = s->conf_generation;
+    }
+    bool drain = s->drain, now = s->stop_now;
+    pthread_mutex_unlock(&s->lock);
+    if (fresh) {
+        conf_unref(w->conf);    /* requests in flight keep their own reference */
+        w->conf = fresh;
+    }
+    if (drain)
+        start_drain(w);
+    if (now) {
+        conn_abort_all(w);
+        worker_maybe_finished(w);
+    }
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct worker *w = t->data;
+    __atomic_store_n(&w->heartbeat_ms, mono_ms(), __ATOMIC_RELAXED);
+}
+
+static int worker_init(struct worker *w)
+{
+    w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+    w->engine = w->loop ? engine_new(w->loop, 0) : NULL;
+    w->accept_io = calloc(w->srv->nlisten, sizeof(ev_io));
+    if (!w->engine || !w->accept_io)
+        return -1;
+    w->naccept = w->srv->nlisten;
+    for (unsigned i = 0; i < w->naccept; i++) {
+        ev_io_init(&w->accept_io[i], on_accept, w->srv->listen_fds[i], EV_READ);
+        w->accept_io[i].data = w;
+    }
+    ev_async_init(&w->wake, on_wake);
+    w->wake.data = w;
+    ev_async_start(w->loop, &w->wake);
+    ev_timer_init(&w->accept_pause, on_accept_pause, EMFILE_PAUSE, 0.);
+    ev_timer_init(&w->drain_timer, on_drain_timeout, 0., 0.);
+    ev_timer_init(&w->heartbeat, on_heartbeat, 0., 1.);
+    w->accept_pause.data = w->drain_timer.data = w->heartbeat.data = w;
+    ev_timer_start(w->loop, &w->heartbeat);
+    ev_unref(w->loop);      /* the heartbeat alone doesn't keep the loop alive */
+    on_heartbeat(w->loop, &w->heartbeat, 0);
+    w->rng = (uint32_t)mono_ms() ^ (uint32_t)(w->id * 2654435761u) ^ (uint32_t)getpid();
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    accepting(w, true);
+    ev_run(w->loop, 0);
+    __atomic_store_n(&w->exited, true, __ATOMIC_RELEASE);
+    ev_async_send(w->srv->main_loop, w->srv->main_wake);
+    return NULL;
+}
+
+int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_loop *main_loop,
+                 ev_async *main_wake)
+{
+    s->workers = calloc(nworkers, sizeof *s->workers);
+    if (!s->workers)
+        return -1;
+    s->nworkers = nworkers;
+    s->current = conf_ref(c);
+    s->main_loop = main_loop;
+    s->main_wake = main_wake;
+    pthread_mutex_init(&s->lock, NULL);
+    for (unsigned i = 0; i < nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        w->id = i;
+        w->srv = s;
+        w->conf = conf_ref(c);
+        if (worker_init(w) < 0)
+            return -1;
+    }
+    for (unsigned i = 0; i < nworkers; i++)
+        if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0)
+            return -1;
+    __atomic_store_n(&s->ready, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static void wake_all(struct server *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++)
+        ev_async_send(s->workers[i].loop, &s->workers[i].wake);
+}
+
+void server_reload(struct server *s, struct conf *c)
+{
+    pthread_mutex_lock(&s->lock);
+    conf_unref(s->current);
+    s->current = c;
+    s->conf_generation++;
+    s->reloads_ok++;
+    pthread_mutex_unlock(&s->lock);
+    wake_all(s);
+}
+
+void server_drain(struct server *s, bool now)
+{
+    pthread_mutex_lock(&s->lock);
+    s->drain = true;
+    s->stop_now = s->stop_now || now;
+    s->ready = 0;
+    pthread_mutex_unlock(&s->lock);
+    wake_all(s);
+}
+
+bool server_all_exited(struct server *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (!__atomic_load_n(&s->workers[i].exited, __ATOMIC_ACQUIRE))
+            return false;
+    return true;
+}
+
+bool server_alive(struct server *s, uint64_t max_age_ms)
+{
+    uint64_t now = mono_ms();
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (now - __atomic_load_n(&s->workers[i].heartbeat_ms, __ATOMIC_RELAXED) > max_age_ms)
+            return false;
+    return true;
+}
+
+unsigned server_inflight(struct server *s)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        n += __atomic_load_n(&s->workers[i].m.inflight_requests, __ATOMIC_RELAXED);
+    return (unsigned)n;
+}
+
+unsigned server_connections(struct server *s)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        n += __atomic_load_n(&s->workers[i].m.conns_open, __ATOMIC_RELAXED);
+    return (unsigned)n;
+}
+
+void server_join(struct server *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++)
+        pthread_join(s->workers[i].thread, NULL);
+}
+
+void server_free(struct server *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        engine_free(w->engine);
+        if (w->loop)
+            ev_loop_destroy(w->loop);
+        free(w->accept_io);
+        conf_unref(w->conf);
+        for (struct upstream_health *u = w->health, *next; u; u = next) {
+            next = u->next;
+            free(u->name);
+            free(u);
+        }
+    }
+    free(s->workers);
+    for (unsigned i = 0; i < s->nlisten && !s->listen_inherited; i++)
+        close(s->listen_fds[i]);
+    free(s->listen_fds);
+    if (s->current)
+        conf_unref(s->current);
+    pthread_mutex_destroy(&s->lock);
+}

@@ -1,0 +1,84 @@
+/* worker: one event-loop thread and everything it owns — its loop, curl engine, connections,
+ * config snapshot reference, upstream health and counters. server: the set of workers. */
+#ifndef LLMUX_WORKER_H
+#define LLMUX_WORKER_H
+
+#include <ev.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "conf/conf.h"
+#include "daemon/metrics.h"
+#include "upstream/engine.h"
+#include "upstream/route.h"
+
+struct conn;
+struct server;
+
+struct upstream_health {            /* per worker, keyed by upstream name; never freed early */
+    char *name;
+    struct route_health h;
+    struct upstream_health *next;
+};
+
+struct worker {
+    unsigned id;
+    struct server *srv;
+    pthread_t thread;
+    struct ev_loop *loop;
+    struct engine *engine;
+    struct conf *conf;              /* snapshot new requests take a reference to */
+    ev_async wake;                  /* main → worker: new config, drain, stop */
+    ev_io *accept_io;               /* one per listening socket */
+    unsigned naccept;
+    ev_timer accept_pause;          /* EMFILE: accepting resumes after it */
+    ev_timer drain_timer;           /* shutdown grace */
+    ev_timer heartbeat;             /* proves the loop turns (systemd watchdog) */
+    uint64_t heartbeat_ms;          /* atomic: last turn, monotonic ms */
+    unsigned generation;            /* of the config snapshot it holds */
+    bool exited;                    /* atomic: the thread's loop returned */
+    struct conn *conns;             /* all open connections (doubly linked) */
+    unsigned nconns;
+    unsigned inflight;              /* requests holding an upstream slot */
+    bool draining, accepting;
+    uint32_t rng;
+    struct upstream_health *health;
+    struct metrics m;
+};
+
+struct server {
+    struct worker *workers;
+    unsigned nworkers;
+    int *listen_fds;
+    unsigned nlisten;
+    bool listen_inherited;          /* from systemd: never closed or unlinked by us */
+    pthread_mutex_t lock;           /* guards current and the flags below */
+    struct conf *current;           /* the snapshot workers pick up on wake */
+    ev_async *main_wake;            /* worker → main: a worker exited */
+    struct ev_loop *main_loop;
+    unsigned conf_generation;
+    bool drain, stop_now;
+    uint64_t reloads_ok, reloads_failed;
+    int ready;
+};
+
+/* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */
+int server_open_listeners(struct server *s, const struct conf *c, char *err, size_t errlen);
+int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_loop *main_loop,
+                 ev_async *main_wake);
+void server_reload(struct server *s, struct conf *c);       /* takes the reference */
+void server_drain(struct server *s, bool now);
+void server_join(struct server *s);
+bool server_all_exited(struct server *s);
+bool server_alive(struct server *s, uint64_t max_age_ms);  /* every loop turned recently */
+unsigned server_connections(struct server *s);
+void server_free(struct server *s);
+unsigned server_inflight(struct server *s);
+
+/* Worker-side helpers. */
+struct route_health *worker_health(struct worker *w, const char *upstream);
+void worker_conn_closed(struct worker *w);
+/* Called by a request when it ends: lets a draining worker notice it is done. */
+void worker_maybe_finished(struct worker *w);
+
+#endif

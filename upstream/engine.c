@@ -1,0 +1,368 @@
+/* engine: the curl_multi ↔ libev glue (one socket callback, one timer callback, one info loop,
+ * as in curl's evhiperfifo.c) and the call object: one easy handle, its headers, body and state. */
+#include "upstream/engine.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define EASY_POOL_MAX 256   /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
+
+struct engine {
+    struct ev_loop *loop;
+    CURLM *multi;
+    ev_timer timer;
+    unsigned active;
+    CURL *pool[EASY_POOL_MAX];
+    unsigned npool;
+};
+
+struct sock_watch {
+    ev_io io;
+    struct engine *e;
+};
+
+struct call {
+    struct engine *e;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    const struct call_ops *ops;
+    void *ud;
+    uint64_t max_bytes;
+    uint64_t received;
+    int64_t retry_after_ms;
+    ev_tstamp started;
+    bool head_sent, in_cb, cancelled, too_large;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+static void check_multi_info(struct engine *e);
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct engine *e = w->data;
+    int running;
+    curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(e);
+}
+
+static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct engine *e = userp;
+    ev_timer_stop(e->loop, &e->timer);
+    if (timeout_ms >= 0) {
+        /* 0 means "as soon as possible": never call socket_action from inside this callback. */
+        ev_timer_set(&e->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(e->loop, &e->timer);
+    }
+    return 0;
+}
+
+static void on_sock_event(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sock_watch *sw = (struct sock_watch *)w;
+    struct engine *e = sw->e;
+    int flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
+                (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(e->multi, w->fd, flags, &running);
+    check_multi_info(e);
+}
+
+static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *sockp)
+{
+    struct engine *e = userp;
+    struct sock_watch *sw = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (sw) {
+            ev_io_stop(e->loop, &sw->io);
+            free(sw);
+        }
+        return 0;
+    }
+    int events = (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    if (!sw) {
+        sw = calloc(1, sizeof *sw);
+        if (!sw)
+            return -1;
+        sw->e = e;
+        ev_io_init(&sw->io, on_sock_event, s, events);
+        curl_multi_assign(e->multi, s, sw);
+    } else {
+        ev_io_stop(e->loop, &sw->io);
+        ev_io_set(&sw->io, s, events);
+    }
+    ev_io_start(e->loop, &sw->io);
+    return 0;
+}
+
+struct engine *engine_new(struct ev_loop *loop, long max_host_connections)
+{
+    struct engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->loop = loop;
+    e->multi = curl_multi_init();
+    if (!e->multi) {
+        free(e);
+        return NULL;
+    }
+    ev_timer_init(&e->timer, on_timer, 0., 0.);
+    e->timer.data = e;
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    if (max_host_connections > 0)
+        curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
+    return e;
+}
+
+void engine_free(struct engine *e)
+{
+    if (!e)
+        return;
+    ev_timer_stop(e->loop, &e->timer);
+    for (unsigned i = 0; i < e->npool; i++)
+        curl_easy_cleanup(e->pool[i]);
+    curl_multi_cleanup(e->multi);   /* closes pooled connections; CURL_POLL_REMOVE frees watchers */
+    free(e);
+}
+
+unsigned engine_active(const struct engine *e)
+{
+    return e->active;
+}
+
+static CURL *easy_get(struct engine *e)
+{
+    if (e->npool) {
+        CURL *easy = e->pool[--e->npool];
+        curl_easy_reset(easy);
+        return easy;
+    }
+    return curl_easy_init();
+}
+
+static void easy_put(struct engine *e, CURL *easy)
+{
+    if (e->npool < EASY_POOL_MAX)
+        e->pool[e->npool++] = easy;
+    else
+        curl_easy_cleanup(easy);
+}
+
+/* Removes the handle (closing its connection if the transfer was unfinished) and frees. */
+static void call_free(struct call *c)
+{
+    struct engine *e = c->e;
+    curl_multi_remove_handle(e->multi, c->easy);
+    easy_put(e, c->easy);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    e->active--;
+    free(c);
+}
+
+static int64_t parse_retry_after(const char *v, size_t n)
+{
+    int64_t secs = 0;
+    size_t i = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\t'))
+        i++;
+    if (i == n || v[i] < '0' || v[i] > '9')
+        return -1;      /* HTTP-date form: treated as absent, backoff applies */
+    for (; i < n && v[i] >= '0' && v[i] <= '9' && secs < 86400; i++)
+        secs = secs * 10 + (v[i] - '0');
+    return secs * 1000;
+}
+
+static void deliver_head(struct call *c)
+{
+    long status = 0;
+    c->head_sent = true;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    c->in_cb = true;
+    c->ops->on_head(c->ud, status, c->retry_after_ms);
+    c->in_cb = false;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    struct call *c = ud;
+    static const char ra[] = "retry-after:";
+    if (c->cancelled)
+        return 0;
+    if (n > sizeof ra - 1 && strncasecmp(p, ra, sizeof ra - 1) == 0)
+        c->retry_after_ms = parse_retry_after(p + sizeof ra - 1, n - (sizeof ra - 1));
+    if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+        long status = 0;
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && !c->head_sent)
+            deliver_head(c);
+    }
+    return c->cancelled ? 0 : n;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud)
+{
+    struct call *c = ud;
+    if (!c->head_sent && !c->cancelled)
+        deliver_head(c);
+    if (c->cancelled)
+        return 0;
+    if (c->max_bytes && c->received + n > c->max_bytes) {
+        c->too_large = true;
+        return 0;
+    }
+    c->in_cb = true;
+    enum call_verdict v = c->ops->on_data(c->ud, p, n);
+    c->in_cb = false;
+    if (c->cancelled)
+        return 0;
+    if (v == CALL_PAUSE)
+        return CURL_WRITEFUNC_PAUSE;
+    c->received += n;
+    return n;
+}
+
+static void set_options(struct call *c, const struct call_spec *spec)
+{
+    CURL *h = c->easy;
+    curl_easy_setopt(h, CURLOPT_URL, spec->url);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body ? c->body : "");
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
+    if (!c->body)
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)spec->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)spec->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (spec->max_response_bytes)
+        curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
+}
+
+struct call *call_start(struct engine *e, const struct call_spec *spec,
+                        const struct call_ops *ops, void *ud)
+{
+    struct call *c = calloc(1, sizeof *c);
+    CURL *easy = c ? easy_get(e) : NULL;
+    if (!easy)
+        goto fail;
+    c->e = e;
+    c->easy = easy;
+    c->headers = spec->headers;
+    c->body = spec->body;
+    c->ops = ops;
+    c->ud = ud;
+    c->max_bytes = spec->max_response_bytes;
+    c->retry_after_ms = -1;
+    c->started = ev_now(e->loop);
+    set_options(c, spec);
+    if (curl_multi_add_handle(e->multi, easy) != CURLM_OK) {
+        easy_put(e, easy);
+        goto fail;
+    }
+    e->active++;
+    return c;
+fail:
+    curl_slist_free_all(spec->headers);
+    free(spec->body);
+    free(c);
+    return NULL;
+}
+
+void call_cancel(struct call *c)
+{
+    if (!c || c->cancelled)
+        return;
+    c->cancelled = true;
+    /* Inside one of its own curl callbacks the handle can't be removed: the callback returns 0,
+     * curl ends the transfer, and check_multi_info frees it without telling anyone. */
+    if (!c->in_cb)
+        call_free(c);
+}
+
+void call_pause(struct call *c)
+{
+    curl_easy_pause(c->easy, CURLPAUSE_RECV);
+}
+
+void call_resume(struct call *c)
+{
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);
+}
+
+double call_elapsed_ms(const struct call *c)
+{
+    return (ev_now(c->e->loop) - c->started) * 1000.0;
+}
+
+static enum call_result map_result(const struct call *c, CURLcode rc)
+{
+    if (c->too_large || rc == CURLE_FILESIZE_EXCEEDED)
+        return CALL_TOO_LARGE;
+    switch (rc) {
+    case CURLE_OK: return CALL_OK;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return CALL_CONNECT;
+    case CURLE_OPERATION_TIMEDOUT: return CALL_TIMEOUT;
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM: return CALL_RESET;
+    default: return CALL_ERROR;
+    }
+}
+
+static void finish(struct call *c, CURLcode rc)
+{
+    if (c->cancelled) {
+        call_free(c);
+        return;
+    }
+    long status = 0;
+    char detail[CURL_ERROR_SIZE];
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    enum call_result result = map_result(c, rc);
+    snprintf(detail, sizeof detail, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+    const struct call_ops *ops = c->ops;
+    void *ud = c->ud;
+    if (result == CALL_OK && !c->head_sent)
+        deliver_head(c);
+    bool cancelled = c->cancelled;
+    call_free(c);
+    if (!cancelled)
+        ops->on_done(ud, result, status, detail);
+}
+
+static void check_multi_info(struct engine *e)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(e->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        struct call *c;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+        finish(c, rc);
+    }
+}

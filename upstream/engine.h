@@ -1,0 +1,60 @@
+/* engine: one curl multi handle per event loop (curl_multi_socket_action driven by libev), and
+ * the call: one upstream HTTP attempt. A call reports through callbacks; it knows no client. */
+#ifndef LLMUX_ENGINE_H
+#define LLMUX_ENGINE_H
+
+#include <curl/curl.h>
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct engine;
+struct call;
+
+enum call_result {
+    CALL_OK,            /* transfer complete; status tells the HTTP outcome */
+    CALL_CONNECT,       /* could not connect / resolve: nothing reached the upstream */
+    CALL_RESET,         /* connection reset or closed mid-answer */
+    CALL_TIMEOUT,       /* the attempt's own timeout */
+    CALL_TOO_LARGE,     /* answer over max_response_bytes */
+    CALL_ERROR,         /* anything else (TLS, protocol, …) */
+};
+
+enum call_verdict { CALL_CONTINUE, CALL_PAUSE };
+
+struct call_ops {
+    /* Status line and headers are in; nothing of the body yet. retry_after_ms is -1 if absent. */
+    void (*on_head)(void *ud, long status, int64_t retry_after_ms);
+    /* Body bytes. CALL_PAUSE means "not consumed, hold them": they come again after resume. */
+    enum call_verdict (*on_data)(void *ud, const char *p, size_t n);
+    /* The call is over and already freed; ud may do anything now, including start new calls. */
+    void (*on_done)(void *ud, enum call_result result, long status, const char *detail);
+};
+
+struct call_spec {
+    const char *url;
+    struct curl_slist *headers;     /* ownership passes to the call */
+    char *body;                     /* ownership passes to the call (malloc'd) */
+    size_t body_len;
+    uint64_t connect_timeout_ms;
+    uint64_t timeout_ms;            /* whole attempt; 0 = none */
+    uint64_t max_response_bytes;    /* 0 = none */
+};
+
+struct engine *engine_new(struct ev_loop *loop, long max_host_connections);
+/* Every call must have ended or been cancelled before. */
+void engine_free(struct engine *e);
+unsigned engine_active(const struct engine *e);
+
+/* NULL only when memory or curl refuse; spec's owned pieces are freed either way. */
+struct call *call_start(struct engine *e, const struct call_spec *spec,
+                        const struct call_ops *ops, void *ud);
+/* Synchronous and idempotent from the caller's view: no callback of this call runs afterwards
+ * and the caller must forget the pointer. The transfer is aborted (its connection closed). */
+void call_cancel(struct call *c);
+void call_pause(struct call *c);
+void call_resume(struct call *c);
+/* Milliseconds since start, to first byte, and the primary IP reached. */
+double call_elapsed_ms(const struct call *c);
+
+#endif

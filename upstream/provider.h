@@ -1,0 +1,54 @@
+/* provider: the codec seam. The gateway speaks OpenAI; a codec turns a request into one
+ * provider's wire format and its answers (bodies, stream events, errors) back into OpenAI's. */
+#ifndef LLMUX_PROVIDER_H
+#define LLMUX_PROVIDER_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "common/buf.h"
+#include "conf/conf.h"
+#include "upstream/provider_anthropic.h"
+
+enum endpoint { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_COUNT };
+
+/* Per-call translation state. */
+struct codec {
+    const struct codec_ops *ops;
+    const char *client_model;       /* borrowed from the request */
+    bool stream_done;               /* the terminal event ([DONE] / message_stop) was relayed */
+    long prompt_tokens, completion_tokens;
+    struct anthropic_stream anthropic;
+};
+
+struct codec_ops {
+    const char *name;
+    /* Path appended to base_url, or NULL when the provider has no such endpoint. */
+    const char *(*path)(enum endpoint ep);
+    /* Upstream body for `model`: NULL with err/param (client error, 400) when not expressible. */
+    json_t *(*encode)(enum endpoint ep, const json_t *body, const char *model,
+                      char *err, size_t errlen, char *param, size_t paramlen);
+    /* Authentication and provider headers. */
+    struct curl_slist *(*auth)(const struct conf_upstream *up, struct curl_slist *h);
+    /* A complete 2xx body → OpenAI JSON in out; leaves out empty to mean "relay as is".
+     * -1 when the body is not what the provider promised (garbage → 502). */
+    int (*decode_body)(struct codec *c, enum endpoint ep, const char *in, size_t len,
+                       struct buf *out);
+    /* One upstream SSE event → OpenAI frames appended to out. -1: an error event or garbage;
+     * out then holds an OpenAI error object (JSON text). */
+    int (*decode_event)(struct codec *c, const char *event, size_t elen,
+                        const char *data, size_t dlen, struct buf *out);
+    /* A non-2xx answer → OpenAI {"error":{...}} (new reference). */
+    json_t *(*decode_error)(long status, const char *body, size_t len);
+};
+
+void codec_init(struct codec *c, enum conf_provider p, const char *client_model, long created);
+void codec_free(struct codec *c);
+
+/* Shared helpers for codecs and the gateway. */
+json_t *openai_error(const char *message, const char *type, const char *param, const char *code);
+/* Reads usage.prompt_tokens/completion_tokens from an OpenAI object, when present. */
+void openai_usage(const json_t *obj, long *prompt, long *completion);
+
+#endif
