@@ -63,6 +63,8 @@ static int run_help(struct cli *c, int argc, char **argv)
     char help[] = "--help";
     char *args[] = {argv[1], help, NULL};
     c->cmd = cmd->name;
+    /* a fresh scan: after "llmux --url U help chat" optind points past our two-entry argv */
+    optind = 0;
     return cmd->run(c, 2, args);
 }
 

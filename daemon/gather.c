@@ -3,12 +3,15 @@
  * Everything ends through request_end: ending the parent ends every child still running. */
 #include "daemon/gather.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/router.h"
 #include "daemon/worker.h"
+
+#define GATHER_TRIM_ITEMS 256
 
 enum gather_mode { MODE_ALL, MODE_FIRST };
 
@@ -33,6 +36,7 @@ struct gather {
     ev_timer timeout;           /* the gather's own timeout_ms */
     ssize_t failure;            /* index of the fail-fast failure, -1 none */
     ssize_t winner;             /* mode first: index of the winner, -1 none */
+    ssize_t last_failed;        /* the item that failed last in time, -1 none */
 };
 
 static void item_respond(struct request *r, int status, const char *body, size_t len);
@@ -206,7 +210,7 @@ void gather_start(struct request *r, json_t *body)
     }
     g->parent = r;
     g->return_exceptions = true;
-    g->failure = g->winner = -1;
+    g->failure = g->winner = g->last_failed = -1;
     ev_timer_init(&g->timeout, on_timeout, 0., 0.);
     g->timeout.data = g;
     r->gather = g;
@@ -235,7 +239,9 @@ static void start_item(struct gather *g, size_t i)
 {
     struct request *p = g->parent;
     struct gather_item *it = &g->items[i];
-    struct request *r = request_new(p->w, p->conf, &item_sink, g, p->route);
+    enum route_id route = it->ep == EP_EMBEDDINGS ? ROUTE_EMBEDDINGS
+                       : it->ep == EP_COMPLETIONS ? ROUTE_COMPLETIONS : ROUTE_CHAT;
+    struct request *r = request_new(p->w, p->conf, &item_sink, g, route);
     if (!r) {
         it->entry = entry_error(503, "server_error", "overloaded", "out of memory", i);
         it->status = 503;
@@ -309,18 +315,21 @@ static void item_ended(struct request *r)
         it->entry = entry_error(499, "cancelled", "cancelled", "cancelled", r->gather_index);
     }
     bool ok = it->status >= 200 && it->status < 300;
-    if (ok)
+    if (ok) {
         g->succeeded++;
-    else
+    } else {
         g->failed++;
+        if (!g->finished)
+            g->last_failed = r->gather_index;
+    }
     if (g->finished)
         return;
     if (ok && g->mode == MODE_FIRST && g->winner < 0)
         g->winner = r->gather_index;
     if (!ok && !g->return_exceptions && g->mode == MODE_ALL && g->failure < 0)
         g->failure = r->gather_index;
-    if (g->stream && (g->mode == MODE_ALL || ok))
-        emit(g, "result", it->entry);
+    if (g->stream && g->mode == MODE_ALL)
+        emit(g, "result", it->entry);     /* mode first: only the winner, from finish() */
     advance(g);
 }
 
@@ -342,19 +351,23 @@ static void finish_decided(struct gather *g, struct gather_item *it, size_t inde
     struct request *p = g->parent;
     json_t *body;
     int status = it ? it->status : 502;
-    if (it && status >= 200 && status < 300) {
-        body = json_incref(json_object_get(it->entry, "response"));
+    bool won = it && status >= 200 && status < 300;
+    if (won) {
+        /* The winner's completion is the answer; a stream sends its entry as the result. */
+        body = json_incref(g->stream ? it->entry : json_object_get(it->entry, "response"));
     } else {
         json_t *err = it ? json_incref(json_object_get(it->entry, "error")) : NULL;
         if (!err)
             err = json_pack("{s:s, s:s, s:n, s:s}", "message", "no item succeeded", "type",
                             "upstream_error", "param", "code", "all_failed");
-        if (status < 400 || status == 499)
+        if (g->mode == MODE_FIRST)      /* none won: 504 when the last failure was a timeout */
+            status = status == 504 ? 504 : 502;
+        else if (status < 400 || status == 499)
             status = 502;
         body = json_pack("{s:o, s:I}", "error", err, "index", (json_int_t)index);
     }
     if (g->stream) {
-        emit(g, status < 300 ? "result" : "error", body);
+        emit(g, won ? "result" : "error", body);
         json_t *s = summary(g);
         emit(g, "done", s);
         json_decref(s);
@@ -396,10 +409,7 @@ static void finish(struct gather *g)
     else if (g->mode == MODE_FIRST && g->winner >= 0)
         finish_decided(g, &g->items[g->winner], (size_t)g->winner);
     else if (g->mode == MODE_FIRST) {
-        ssize_t last = -1;      /* none won: carry the last error */
-        for (size_t i = 0; i < g->n; i++)
-            if (g->items[i].done && (last < 0 || g->items[i].status != 499))
-                last = (ssize_t)i;
+        ssize_t last = g->last_failed;  /* none won: carry the last error */
         finish_decided(g, last >= 0 ? &g->items[last] : NULL, last >= 0 ? (size_t)last : 0);
     } else
         finish_all(g);
@@ -463,6 +473,7 @@ void gather_cancel(struct gather *g, enum outcome o)
 
 void gather_free(struct gather *g)
 {
+    size_t n = g->n;
     for (size_t i = 0; i < g->n; i++) {
         request_free(g->items[i].req);
         json_decref(g->items[i].body);
@@ -470,4 +481,6 @@ void gather_free(struct gather *g)
     }
     free(g->items);
     free(g);
+    if (n >= GATHER_TRIM_ITEMS)
+        malloc_trim(0);     /* a big fan-out leaves glibc arenas full of free pages */
 }

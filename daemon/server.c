@@ -213,6 +213,19 @@ static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     worker_maybe_finished(w);
 }
 
+/* The last worker to stop watching the listeners closes them, so new connections are refused
+ * (not queued to die at exit). Sockets from systemd stay open: they queue for the next start. */
+static void release_listeners(struct server *s)
+{
+    if (__atomic_add_fetch(&s->stopped_accepting, 1, __ATOMIC_ACQ_REL) != s->nworkers ||
+        s->listen_inherited)
+        return;
+    for (unsigned i = 0; i < s->nlisten; i++) {
+        close(s->listen_fds[i]);
+        s->listen_fds[i] = -1;
+    }
+}
+
 static void start_drain(struct worker *w)
 {
     if (w->draining)
@@ -220,6 +233,7 @@ static void start_drain(struct worker *w)
     w->draining = true;
     accepting(w, false);
     ev_timer_stop(w->loop, &w->accept_pause);
+    release_listeners(w->srv);
     conn_drain_idle(w);
     ev_timer_set(&w->drain_timer, (double)w->conf->shutdown_grace_ms / 1000.0, 0.);
     ev_timer_start(w->loop, &w->drain_timer);
@@ -263,10 +277,21 @@ static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
     __atomic_store_n(&w->heartbeat_ms, mono_ms(), __ATOMIC_RELAXED);
 }
 
+/* curl caps connections per host for the whole multi handle: the largest upstream's share. */
+static long host_connections(const struct conf *c, unsigned nworkers)
+{
+    unsigned max = 0;
+    for (size_t i = 0; i < c->nupstreams; i++)
+        if (c->upstreams[i].max_connections > max)
+            max = c->upstreams[i].max_connections;
+    return max ? (long)((max + nworkers - 1) / nworkers) : 0;
+}
+
 static int worker_init(struct worker *w)
 {
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-    w->engine = w->loop ? engine_new(w->loop, 0) : NULL;
+    w->engine = w->loop ? engine_new(w->loop, host_connections(w->conf, w->srv->nworkers))
+                        : NULL;
     w->accept_io = calloc(w->srv->nlisten, sizeof(ev_io));
     if (!w->engine || !w->accept_io)
         return -1;
@@ -363,9 +388,13 @@ bool server_all_exited(struct server *s)
 bool server_alive(struct server *s, uint64_t max_age_ms)
 {
     uint64_t now = mono_ms();
-    for (unsigned i = 0; i < s->nworkers; i++)
-        if (now - __atomic_load_n(&s->workers[i].heartbeat_ms, __ATOMIC_RELAXED) > max_age_ms)
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (__atomic_load_n(&w->exited, __ATOMIC_ACQUIRE))
+            continue;   /* a drained worker is done, not wedged */
+        if (now - __atomic_load_n(&w->heartbeat_ms, __ATOMIC_RELAXED) > max_age_ms)
             return false;
+    }
     return true;
 }
 
@@ -408,7 +437,8 @@ void server_free(struct server *s)
     }
     free(s->workers);
     for (unsigned i = 0; i < s->nlisten && !s->listen_inherited; i++)
-        close(s->listen_fds[i]);
+        if (s->listen_fds[i] >= 0)
+            close(s->listen_fds[i]);
     free(s->listen_fds);
     if (s->current)
         conf_unref(s->current);

@@ -58,6 +58,7 @@ struct server {
     struct ev_loop *main_loop;
     unsigned conf_generation;
     bool drain, stop_now;
+    unsigned stopped_accepting;     /* atomic: workers whose accept watchers are stopped */
     uint64_t reloads_ok, reloads_failed;
     int ready;
 };

@@ -8,7 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
-#define EASY_POOL_MAX 256   /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
+#define EASY_POOL_MAX 1024  /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
+#define MAX_CACHED_CONNECTIONS 4096     /* idle upstream connections kept per worker */
 
 struct engine {
     struct ev_loop *loop;
@@ -29,6 +30,8 @@ struct call {
     CURL *easy;
     struct curl_slist *headers;
     char *body;
+    size_t body_len, body_sent;
+    unsigned rewinds;
     const struct call_ops *ops;
     void *ud;
     uint64_t max_bytes;
@@ -117,6 +120,7 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections)
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CACHED_CONNECTIONS);
     if (max_host_connections > 0)
         curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     return e;
@@ -230,6 +234,27 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     return n;
 }
 
+static size_t on_read_body(char *dst, size_t size, size_t n, void *ud)
+{
+    struct call *c = ud;
+    size_t left = c->body_len - c->body_sent, take = size * n < left ? size * n : left;
+    memcpy(dst, c->body + c->body_sent, take);
+    c->body_sent += take;
+    return take;
+}
+
+/* curl re-sends a request silently when a reused connection turns out dead before any answer.
+ * Once is right (a keep-alive connection the upstream closed); more would multiply one request
+ * into many, so further rewinds fail the attempt and the retry policy decides. */
+static int on_seek_body(void *ud, curl_off_t offset, int origin)
+{
+    struct call *c = ud;
+    if (origin != SEEK_SET || offset != 0 || c->rewinds++ >= 1)
+        return CURL_SEEKFUNC_CANTSEEK;
+    c->body_sent = 0;
+    return CURL_SEEKFUNC_OK;
+}
+
 static void set_options(struct call *c, const struct call_spec *spec)
 {
     CURL *h = c->easy;
@@ -239,10 +264,14 @@ static void set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body ? c->body : "");
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
-    if (!c->body)
-        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    if (c->body) {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read_body);
+        curl_easy_setopt(h, CURLOPT_READDATA, c);
+        curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek_body);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, c);
+    }
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
@@ -250,7 +279,10 @@ static void set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)spec->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)spec->timeout_ms);
-    curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+    /* Waiting to learn whether a connection multiplexes only pays off over TLS (h2 via ALPN);
+     * on plain http it would serialise the first burst behind one round trip. */
+    if (strncmp(spec->url, "https:", 6) == 0)
+        curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     if (spec->max_response_bytes)
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
@@ -267,6 +299,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->easy = easy;
     c->headers = spec->headers;
     c->body = spec->body;
+    c->body_len = spec->body_len;
     c->ops = ops;
     c->ud = ud;
     c->max_bytes = spec->max_response_bytes;
@@ -327,7 +360,8 @@ static enum call_result map_result(const struct call *c, CURLcode rc)
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM: return CALL_RESET;
+    case CURLE_HTTP2_STREAM:
+    case CURLE_SEND_FAIL_REWIND: return CALL_RESET;
     default: return CALL_ERROR;
     }
 }

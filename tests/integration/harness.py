@@ -96,6 +96,7 @@ limits:
   max_header_bytes: 8k
   max_request_line: 2k
   max_headers: 50
+{limits}
 upstreams:
   - name: mock
     provider: openai
@@ -138,7 +139,7 @@ class Daemon:
     """llmuxd on a free port with a config made from DEFAULT_CONFIG (or a given text)."""
 
     def __init__(self, mock, extra="", text=None, workers=1, header_timeout="10s",
-                 body_timeout="30s", env=None, args=()):
+                 body_timeout="30s", env=None, args=(), limits=""):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="llmux-it-")
         self.conf = os.path.join(self.dir, "llmux.yaml")
@@ -147,7 +148,8 @@ class Daemon:
             text = DEFAULT_CONFIG.format(port=self.port, mock=mock.port if mock else 1,
                                          dead=free_port(), workers=workers,
                                          header_timeout=header_timeout,
-                                         body_timeout=body_timeout, extra=extra)
+                                         body_timeout=body_timeout, extra=extra,
+                                         limits=limits)
         else:
             text = text.replace("{port}", str(self.port))
         self.write_config(text)
@@ -155,7 +157,12 @@ class Daemon:
         self.proc = subprocess.Popen([binary("llmuxd"), "-c", self.conf, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, **(env or {})))
-        wait_port(self.port, self.proc)
+        try:
+            wait_port(self.port, self.proc)
+        except RuntimeError as e:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("%s; llmuxd log:\n%s" % (e, self.logs()[-2000:]))
 
     def write_config(self, text):
         with open(self.conf, "w") as f:
@@ -298,15 +305,22 @@ def read_chunked_events(resp_file):
 
 
 class Case(unittest.TestCase):
-    """One mock and one daemon per test class; reset between tests."""
+    """One mock and one daemon per test class; reset between tests. `limits` holds extra lines
+    of the limits: section (indented two spaces), `extra` more top-level YAML."""
     extra = ""
+    limits = ""
     workers = 1
     daemon_kwargs = {}
 
     @classmethod
     def setUpClass(cls):
         cls.mock = Mock()
-        cls.d = Daemon(cls.mock, extra=cls.extra, workers=cls.workers, **cls.daemon_kwargs)
+        try:
+            cls.d = Daemon(cls.mock, extra=cls.extra, workers=cls.workers, limits=cls.limits,
+                           **cls.daemon_kwargs)
+        except Exception:
+            cls.mock.stop()
+            raise
 
     @classmethod
     def tearDownClass(cls):
