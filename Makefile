@@ -37,6 +37,7 @@ LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
 
 .PHONY: all deps run test unit integration asan fuzz bench clean install
+.SECONDARY:
 all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS)
 
 $(BUILD)/%.o: %.c
@@ -99,7 +100,8 @@ install: $(LLMUXD) $(LLMUX)
 	install -m 644 client/llmux.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 644 daemon/llmuxd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -m 644 systemd/llmux.service systemd/llmux.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
-	install -m 640 conf/llmux.example.yaml $(DESTDIR)/etc/llmux/llmux.yaml.example
+	install -m 644 conf/llmux.example.yaml $(DESTDIR)/etc/llmux/llmux.yaml.example
+	install -m 600 systemd/llmux.env.example $(DESTDIR)/etc/llmux/llmux.env.example
 
 clean:
 	rm -rf build build-asan

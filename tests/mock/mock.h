@@ -68,6 +68,7 @@ struct mock_req {
 
 struct mock_stats {
     unsigned long received, completed, aborted, accepted, resets;
+    unsigned long long last_abort_ns;   /* CLOCK_MONOTONIC of the latest abort (for benches) */
     long inflight, connections;      /* gauges: /__reset leaves them alone */
 };
 

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -95,6 +96,10 @@ void mock_conn_free(struct mock_conn *c, bool rst)
 static int conn_gone(struct mock_conn *c)
 {
     if (c->state != CONN_IDLE && c->api) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        c->srv->st.last_abort_ns = (unsigned long long)ts.tv_sec * 1000000000ull +
+                                   (unsigned long long)ts.tv_nsec;
         c->srv->st.aborted++;
         c->srv->st.inflight--;
         conn_log(c, "aborted");

@@ -51,9 +51,10 @@ int mock_control(struct mock_server *s, const char *method, size_t method_len,
     bool post = method_len == 4 && memcmp(method, "POST", 4) == 0;
     if (http_target_is(target, target_len, "/__stats")) {
         buf_printf(out, "{\"received\":%lu,\"completed\":%lu,\"aborted\":%lu,"
-                   "\"inflight\":%ld,\"connections\":%ld,\"accepted\":%lu,\"resets\":%lu}",
+                   "\"inflight\":%ld,\"connections\":%ld,\"accepted\":%lu,\"resets\":%lu,"
+                   "\"last_abort_ns\":%llu}",
                    st->received, st->completed, st->aborted, st->inflight, st->connections,
-                   st->accepted, st->resets);
+                   st->accepted, st->resets, st->last_abort_ns);
         return 200;
     }
     if (http_target_is(target, target_len, "/__reset") && post) {
