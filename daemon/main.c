@@ -72,6 +72,8 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents)
     char err[512];
     sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)monotonic_usec());
     struct conf *c = conf_load(d->path, err, sizeof err);   /* a small file, read once */
+    if (c && server_update_listeners(&d->srv, c, err, sizeof err) < 0)
+        log_error("reload: %s; listen: keeps its old value", err);
     if (c) {
         log_setup(c->log.level, c->log.format);
         server_reload(&d->srv, c);

@@ -3,124 +3,20 @@
 #include "daemon/worker.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
 #include "daemon/conn.h"
 
-#define LISTEN_BACKLOG 4096
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
 #define EMFILE_PAUSE 0.1
-
-static int set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-
-static int listen_unix(const char *path, char *err, size_t errlen)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    struct stat st;
-    if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(err, errlen, "unix socket path too long: %s", path);
-        return -1;
-    }
-    strcpy(sa.sun_path, path);
-    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-        unlink(path);       /* a stale socket from an earlier run */
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
-        snprintf(err, errlen, "listen on unix:%s: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int listen_inet(const char *addr, char *err, size_t errlen)
-{
-    char host[256];
-    const char *colon = strrchr(addr, ':');
-    if (!colon || (size_t)(colon - addr) >= sizeof host) {
-        snprintf(err, errlen, "bad listen address: %s", addr);
-        return -1;
-    }
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = '\0';
-    char *h = host;
-    if (h[0] == '[') {
-        h++;
-        h[strlen(h) - 1] = '\0';
-    }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res;
-    int rc = getaddrinfo(h, colon + 1, &hints, &res);  /* start-up only: may block */
-    if (rc) {
-        snprintf(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd >= 0) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (res->ai_family == AF_INET6)
-            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    }
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
-        snprintf(err, errlen, "listen on %s: %s", addr, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-int server_open_listeners(struct server *s, const struct conf *c, char *err, size_t errlen)
-{
-    int n = sd_listen_fds(1);
-    if (n > 0) {
-        s->listen_fds = calloc((size_t)n, sizeof(int));
-        if (!s->listen_fds)
-            return -1;
-        for (int i = 0; i < n; i++) {
-            s->listen_fds[i] = SD_LISTEN_FDS_START + i;
-            set_nonblock(s->listen_fds[i]);
-            fcntl(s->listen_fds[i], F_SETFD, FD_CLOEXEC);
-        }
-        s->nlisten = (unsigned)n;
-        s->listen_inherited = true;
-        log_info("using %d socket(s) from systemd; listen: is ignored", n);
-        return 0;
-    }
-    s->listen_fds = calloc(c->nlisten ? c->nlisten : 1, sizeof(int));
-    if (!s->listen_fds)
-        return -1;
-    for (size_t i = 0; i < c->nlisten; i++) {
-        const char *a = c->listen[i];
-        int fd = strncmp(a, "unix:", 5) == 0 ? listen_unix(a + 5, err, errlen)
-                                             : listen_inet(a, err, errlen);
-        if (fd < 0)
-            return -1;
-        s->listen_fds[s->nlisten++] = fd;
-        log_info("listening on %s", a);
-    }
-    return 0;
-}
 
 static void accepting(struct worker *w, bool on)
 {
@@ -164,6 +60,44 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);     /* fails on unix: ok */
         conn_accept(w, fd);
     }
+}
+
+/* Builds this worker's accept watchers over the server's current listening set. */
+static int watch_listeners(struct worker *w)
+{
+    struct server *s = w->srv;
+    pthread_mutex_lock(&s->lock);
+    unsigned n = s->nlisten;
+    ev_io *io = calloc(n ? n : 1, sizeof(ev_io));
+    for (unsigned i = 0; io && i < n; i++) {
+        ev_io_init(&io[i], on_accept, s->listen_fds[i], EV_READ);
+        io[i].data = w;
+    }
+    w->listen_generation = s->listen_generation;
+    pthread_mutex_unlock(&s->lock);
+    if (!io)
+        return -1;
+    w->accept_io = io;
+    w->naccept = n;
+    return 0;
+}
+
+/* Reload changed listen:: stop watching the old set, watch the new one. */
+static void rebind(struct worker *w)
+{
+    bool was = w->accepting;
+    accepting(w, false);
+    ev_io *old = w->accept_io;
+    unsigned n = w->naccept;
+    if (watch_listeners(w) < 0) {
+        w->accept_io = old;     /* keep serving on the old set rather than none */
+        w->naccept = n;
+    } else {
+        free(old);
+    }
+    server_listeners_switched(w->srv);
+    if (was)
+        accepting(w, true);
 }
 
 static void on_accept_pause(struct ev_loop *loop, ev_timer *t, int revents)
@@ -251,11 +185,14 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         w->generation = s->conf_generation;
     }
     bool drain = s->drain, now = s->stop_now;
+    bool relisten = w->listen_generation != s->listen_generation;
     pthread_mutex_unlock(&s->lock);
     if (fresh) {
         conf_unref(w->conf);    /* requests in flight keep their own reference */
         w->conf = fresh;
     }
+    if (relisten)
+        rebind(w);
     if (drain)
         start_drain(w);
     if (now) {
@@ -292,14 +229,8 @@ static int worker_init(struct worker *w)
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     w->engine = w->loop ? engine_new(w->loop, host_connections(w->conf, w->srv->nworkers))
                         : NULL;
-    w->accept_io = calloc(w->srv->nlisten, sizeof(ev_io));
-    if (!w->engine || !w->accept_io)
+    if (!w->engine || watch_listeners(w) < 0)
         return -1;
-    w->naccept = w->srv->nlisten;
-    for (unsigned i = 0; i < w->naccept; i++) {
-        ev_io_init(&w->accept_io[i], on_accept, w->srv->listen_fds[i], EV_READ);
-        w->accept_io[i].data = w;
-    }
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
@@ -436,10 +367,7 @@ void server_free(struct server *s)
         }
     }
     free(s->workers);
-    for (unsigned i = 0; i < s->nlisten && !s->listen_inherited; i++)
-        if (s->listen_fds[i] >= 0)
-            close(s->listen_fds[i]);
-    free(s->listen_fds);
+    server_close_listeners(s);
     if (s->current)
         conf_unref(s->current);
     pthread_mutex_destroy(&s->lock);

@@ -36,6 +36,7 @@ struct worker {
     ev_timer heartbeat;             /* proves the loop turns (systemd watchdog) */
     uint64_t heartbeat_ms;          /* atomic: last turn, monotonic ms */
     unsigned generation;            /* of the config snapshot it holds */
+    unsigned listen_generation;     /* of the listening set it watches */
     bool exited;                    /* atomic: the thread's loop returned */
     struct conn *conns;             /* all open connections (doubly linked) */
     unsigned nconns;
@@ -49,8 +50,14 @@ struct worker {
 struct server {
     struct worker *workers;
     unsigned nworkers;
-    int *listen_fds;
+    int *listen_fds;                /* the current set (guarded by lock while it changes) */
+    char **listen_addrs;            /* their conf->listen strings; NULL when inherited */
     unsigned nlisten;
+    unsigned listen_generation;
+    int *old_fds;                   /* the set being replaced, until every worker switched */
+    char **old_addrs;
+    unsigned old_n;
+    unsigned listen_switched;       /* atomic */
     bool listen_inherited;          /* from systemd: never closed or unlinked by us */
     pthread_mutex_t lock;           /* guards current and the flags below */
     struct conf *current;           /* the snapshot workers pick up on wake */
@@ -65,6 +72,10 @@ struct server {
 
 /* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */
 int server_open_listeners(struct server *s, const struct conf *c, char *err, size_t errlen);
+/* Reload: makes the listening set match c (main thread); workers switch on their next wake. */
+int server_update_listeners(struct server *s, const struct conf *c, char *err, size_t errlen);
+void server_listeners_switched(struct server *s);
+void server_close_listeners(struct server *s);
 int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_loop *main_loop,
                  ev_async *main_wake);
 void server_reload(struct server *s, struct conf *c);       /* takes the reference */
