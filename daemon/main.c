@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,9 +141,32 @@ static void watch_signals(struct daemon_state *d)
     ev_timer_start(d->loop, &d->status);
 }
 
+/* Descriptors the config can need: client connections, upstream connections, listeners, a few
+ * for curl's resolver threads and logs. Raised here, never lowered; under a unit with a
+ * ~@resources filter LimitNOFILE= sets it and this call only confirms. */
+static void raise_nofile(const struct conf *c)
+{
+    rlim_t need = (rlim_t)c->limits.max_connections + c->limits.max_inflight + c->nlisten + 64;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+        return;
+    rlim_t want = need < rl.rlim_max ? need : rl.rlim_max;
+    if (want > rl.rlim_cur) {
+        struct rlimit nrl = {want, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &nrl) == 0)
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_cur < need)
+        log_error("RLIMIT_NOFILE is %lu but limits.max_connections + limits.max_inflight need "
+                  "%lu: raise LimitNOFILE= (or ulimit -n); past %lu descriptors new connections "
+                  "wait in the backlog and upstream calls fail",
+                  (unsigned long)rl.rlim_cur, (unsigned long)need, (unsigned long)rl.rlim_cur);
+}
+
 static int run(struct daemon_state *d, struct conf *c)
 {
     char err[512];
+    raise_nofile(c);
     if (server_open_listeners(&d->srv, c, err, sizeof err) < 0) {
         log_error("%s", err);
         return 1;

@@ -49,7 +49,11 @@ static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
 
 static void proxy_free(struct proxy *p)
 {
-    ev_timer_stop(p->r->w->loop, &p->backoff);
+    struct worker *w = p->r->w;
+    w->inflight--;
+    if (w->queue_head)
+        ev_prepare_start(w->loop, &w->admit);
+    ev_timer_stop(w->loop, &p->backoff);
     if (p->codec.ops)
         codec_free(&p->codec);
     sse_free(&p->sse);
@@ -65,7 +69,13 @@ static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
     attempt(t->data);
 }
 
-int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
+static unsigned per_worker(unsigned total, const struct worker *w)
+{
+    unsigned n = total / w->srv->nworkers;
+    return n ? n : 1;
+}
+
+static int proxy_begin(struct request *r, json_t *body, const struct conf_model *m)
 {
     struct proxy *p = calloc(1, sizeof *p);
     if (!p) {
@@ -88,8 +98,79 @@ int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
     p->fail_code = "no_healthy_upstream";
     snprintf(p->fail_msg, sizeof p->fail_msg, "no healthy upstream for model %s", m->name);
     r->proxy = p;
+    r->w->inflight++;
     attempt(p);
     return 0;
+}
+
+int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
+{
+    struct worker *w = r->w;
+    const struct conf_limits *l = &w->conf->limits;
+    if (w->inflight < per_worker(l->max_inflight, w))
+        return proxy_begin(r, body, m);
+    if (w->queued >= (l->queue ? per_worker(l->queue, w) : 0)) {
+        json_decref(body);
+        r->retry_after_s = 1;
+        request_fail(r, 503, "server_error", "overloaded",
+                     NULL, "too many requests in flight and the queue is full; retry shortly",
+                     OUTCOME_REJECTED);
+        return -1;
+    }
+    r->queued = true;
+    r->qbody = body;
+    r->qmodel = m;
+    r->qprev = w->queue_tail;
+    if (w->queue_tail)
+        w->queue_tail->qnext = r;
+    else
+        w->queue_head = r;
+    w->queue_tail = r;
+    w->queued++;
+    return 0;
+}
+
+void proxy_unqueue(struct request *r)
+{
+    struct worker *w = r->w;
+    if (!r->queued)
+        return;
+    if (r->qprev)
+        r->qprev->qnext = r->qnext;
+    else
+        w->queue_head = r->qnext;
+    if (r->qnext)
+        r->qnext->qprev = r->qprev;
+    else
+        w->queue_tail = r->qprev;
+    r->queued = false;
+    r->qnext = r->qprev = NULL;
+    w->queued--;
+    json_decref(r->qbody);
+    r->qbody = NULL;
+}
+
+/* Before the loop polls: hand freed slots to queued requests in order. */
+static void on_admit(struct ev_loop *loop, ev_prepare *pw, int revents)
+{
+    struct worker *w = pw->data;
+    unsigned cap = per_worker(w->conf->limits.max_inflight, w);
+    while (w->queue_head && w->inflight < cap) {
+        struct request *r = w->queue_head;
+        json_t *body = r->qbody;
+        const struct conf_model *m = r->qmodel;
+        r->qbody = NULL;        /* ownership moves to proxy_begin */
+        proxy_unqueue(r);
+        proxy_begin(r, body, m);
+    }
+    if (!w->queue_head)
+        ev_prepare_stop(loop, pw);
+}
+
+void proxy_worker_init(struct worker *w)
+{
+    ev_prepare_init(&w->admit, on_admit);
+    w->admit.data = w;
 }
 
 void proxy_cancel(struct proxy *p, enum abort_reason why)

@@ -7,9 +7,13 @@
 
 #include "daemon/request.h"
 
-/* Starts the work; steals body. Returns 0, or -1 when the request was already answered with an
- * error (and ended). */
+/* Starts the work, or queues it when limits.max_inflight requests already hold upstream slots;
+ * steals body. Returns 0, or -1 when the request was answered with an error (503 when the queue
+ * is full too) and ended. */
 int proxy_start(struct request *r, json_t *body, const struct conf_model *m);
+/* A queued request ended before its turn: leave the queue. */
+void proxy_unqueue(struct request *r);
+void proxy_worker_init(struct worker *w);
 /* Aborts any call in flight (counted under why) and frees. */
 void proxy_cancel(struct proxy *p, enum abort_reason why);
 void proxy_resume(struct proxy *p);

@@ -100,6 +100,7 @@ void request_end(struct request *r, enum outcome o)
     r->ended = true;
     r->outcome = o;
     ev_timer_stop(r->w->loop, &r->deadline);
+    proxy_unqueue(r);
     if (r->proxy) {
         proxy_cancel(r->proxy, abort_reason_of(o));
         r->proxy = NULL;

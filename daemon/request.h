@@ -59,6 +59,10 @@ struct request {
     uint64_t bytes_out;
     double upstream_ms;
     struct proxy *proxy;                /* upstream work of chat-like requests */
+    struct request *qnext, *qprev;      /* in the worker's slot queue while queued */
+    json_t *qbody;                      /* the body it will start with, while queued */
+    const struct conf_model *qmodel;
+    bool queued;
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */
 };

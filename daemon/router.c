@@ -143,14 +143,6 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
                      OUTCOME_REJECTED);
         return;
     }
-    unsigned cap = r->conf->limits.max_inflight / r->w->srv->nworkers;
-    if (engine_active(r->w->engine) >= (cap ? cap : 1)) {
-        json_decref(body);
-        r->retry_after_s = 1;
-        request_fail(r, 503, "server_error", "overloaded", NULL,
-                     "too many requests in flight, retry shortly", OUTCOME_REJECTED);
-        return;
-    }
     proxy_start(r, body, m);
 }
 

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "daemon/conn.h"
+#include "daemon/proxy.h"
 
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
 #define EMFILE_PAUSE 0.1
@@ -231,6 +232,7 @@ static int worker_init(struct worker *w)
                         : NULL;
     if (!w->engine || watch_listeners(w) < 0)
         return -1;
+    proxy_worker_init(w);
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);

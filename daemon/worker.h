@@ -40,7 +40,11 @@ struct worker {
     bool exited;                    /* atomic: the thread's loop returned */
     struct conn *conns;             /* all open connections (doubly linked) */
     unsigned nconns;
-    unsigned inflight;              /* requests holding an upstream slot */
+    unsigned inflight;              /* requests holding an upstream slot (limits.max_inflight) */
+    struct request *queue_head;     /* waiting for a slot, FIFO (limits.queue) */
+    struct request *queue_tail;
+    unsigned queued;
+    ev_prepare admit;               /* starts queued requests, outside anyone's callback */
     bool draining, accepting;
     uint32_t rng;
     struct upstream_health *health;
