@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "daemon/gather.h"
+#include "daemon/keylimit.h"
 #include "daemon/proxy.h"
 #include "daemon/worker.h"
 
@@ -101,6 +102,7 @@ void request_end(struct request *r, enum outcome o)
     r->outcome = o;
     ev_timer_stop(r->w->loop, &r->deadline);
     proxy_unqueue(r);
+    keylimit_release(r);
     if (r->proxy) {
         proxy_cancel(r->proxy, abort_reason_of(o));
         r->proxy = NULL;

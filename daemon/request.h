@@ -63,6 +63,7 @@ struct request {
     json_t *qbody;                      /* the body it will start with, while queued */
     const struct conf_model *qmodel;
     bool queued;
+    bool key_slot;                      /* holds one of its key's concurrency slots */
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */
 };

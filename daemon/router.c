@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "daemon/gather.h"
+#include "daemon/keylimit.h"
 #include "daemon/proxy.h"
 #include "daemon/worker.h"
 
@@ -141,6 +142,10 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
         json_decref(body);
         request_fail(r, 404, "invalid_request_error", "model_not_found", "model", msg,
                      OUTCOME_REJECTED);
+        return;
+    }
+    if (keylimit_acquire(r) < 0) {
+        json_decref(body);
         return;
     }
     proxy_start(r, body, m);

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "daemon/conn.h"
+#include "daemon/keylimit.h"
 #include "daemon/proxy.h"
 
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
@@ -362,6 +363,7 @@ void server_free(struct server *s)
             ev_loop_destroy(w->loop);
         free(w->accept_io);
         conf_unref(w->conf);
+        keylimit_free_all(w);
         for (struct upstream_health *u = w->health, *next; u; u = next) {
             next = u->next;
             free(u->name);

@@ -14,6 +14,7 @@
 
 struct conn;
 struct server;
+struct key_state;
 
 struct upstream_health {            /* per worker, keyed by upstream name; never freed early */
     char *name;
@@ -48,6 +49,7 @@ struct worker {
     bool draining, accepting;
     uint32_t rng;
     struct upstream_health *health;
+    struct key_state *keys;         /* keylimit.c: per-key rate and concurrency state */
     struct metrics m;
 };
 

@@ -46,3 +46,42 @@ class InflightQueueTest(Case):
         for t in threads:
             t.join(5)
         self.assertEqual(self.mock.stats()["received"], 2)   # never sent upstream
+
+
+class KeyLimitTest(Case):
+    extra = """
+keys:
+  - name: metered
+    key: key-metered-1
+    rpm: 3
+  - name: single
+    key: key-single-1
+    max_concurrency: 1
+  - name: free
+    key: key-free-1
+"""
+
+    def test_rpm_token_bucket(self):
+        auth = {"Authorization": "Bearer key-metered-1"}
+        codes = [self.d.chat("x", headers=auth)[0] for _ in range(3)]
+        self.assertEqual(codes, [200, 200, 200])
+        st, h, body = self.d.chat("x", headers=auth)
+        self.assertEqual(st, 429)
+        self.assertEqual(body["error"]["code"], "rate_limit_exceeded")
+        self.assertGreaterEqual(int(h["retry-after"]), 1)
+        self.assertEqual(self.d.chat("x", headers={"Authorization": "Bearer key-free-1"})[0],
+                         200)
+        self.assertEqual(self.mock.stats()["received"], 4)
+
+    def test_max_concurrency(self):
+        auth = {"Authorization": "Bearer key-single-1"}
+        out = []
+        t = threading.Thread(target=lambda: out.append(self.d.chat("a @mock:delay=300",
+                                                                   headers=auth)[0]))
+        t.start()
+        self.mock.wait_stats(lambda s: s["inflight"] == 1)
+        st, _, body = self.d.chat("b", headers=auth)
+        self.assertEqual((st, body["error"]["code"]), (429, "concurrency_limit_exceeded"))
+        t.join(5)
+        self.assertEqual(out, [200])
+        self.assertEqual(self.d.chat("c", headers=auth)[0], 200)   # the slot came back

@@ -1,0 +1,14 @@
+/* keylimit: per-key request rate (rpm, token bucket) and concurrency limits. State is per worker
+ * (no lock on the hot path); with N workers each enforces 1/N of the configured figure. */
+#ifndef LLMUX_KEYLIMIT_H
+#define LLMUX_KEYLIMIT_H
+
+#include "daemon/request.h"
+
+/* Admits one upstream-bound request for r->key: 0, or -1 after answering 429 (Retry-After). */
+int keylimit_acquire(struct request *r);
+/* Gives back the concurrency slot taken by keylimit_acquire (called by request_end). */
+void keylimit_release(struct request *r);
+void keylimit_free_all(struct worker *w);
+
+#endif
