@@ -322,7 +322,12 @@ static void sink_stream_end(struct request *r, bool complete)
 static void sink_ended(struct request *r)
 {
     struct conn *c = r->owner;
-    ev_io_start(c->w->loop, &c->wio);   /* on_write moves on to the next request */
+    /* on_write moves on to the next request. With nothing left to send, feeding the event
+     * runs it in this loop iteration without an epoll_ctl round trip. */
+    if (pending(c))
+        ev_io_start(c->w->loop, &c->wio);
+    else
+        ev_feed_event(c->w->loop, &c->wio, EV_WRITE);
 }
 
 /* An error found before a request object exists (parse errors, limits, timeouts): answer it

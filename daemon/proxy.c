@@ -37,6 +37,7 @@ struct proxy {
     int fail_status;
     const char *fail_type, *fail_code;
     char fail_msg[200];
+    char fail_param[64];            /* the client field a 400 names */
     json_t *fail_body;              /* an upstream 4xx error, relayed as is */
 };
 
@@ -207,8 +208,9 @@ static void give_up(struct proxy *p)
         request_end(r, OUTCOME_UPSTREAM_ERROR);
         return;
     }
-    request_fail(r, p->fail_status, p->fail_type, p->fail_code, NULL, p->fail_msg,
-                 OUTCOME_UPSTREAM_ERROR);
+    request_fail(r, p->fail_status, p->fail_type, p->fail_code,
+                 p->fail_param[0] ? p->fail_param : NULL, p->fail_msg,
+                 p->fail_status == 400 ? OUTCOME_REJECTED : OUTCOME_UPSTREAM_ERROR);
 }
 
 static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstream *up)
@@ -240,12 +242,14 @@ static int launch(struct proxy *p)
     codec_init(&p->codec, up->provider, r->model, (long)time(NULL));
     const char *path = p->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
-    json_t *body = path ? p->codec.ops->encode(r->ep, p->body, model, err, sizeof err, param,
-                                               sizeof param) : NULL;
-    if (!body) {
+    struct buf body = BUF_INIT;
+    if (!path || p->codec.ops->encode(r->ep, p->body, &r->body_raw, model, &body, err,
+                                      sizeof err, param, sizeof param) < 0) {
+        buf_free(&body);
         p->fail_status = 400;
         p->fail_type = "invalid_request_error";
         p->fail_code = path ? "unsupported_request" : "unsupported_endpoint";
+        snprintf(p->fail_param, sizeof p->fail_param, "%s", param);
         snprintf(p->fail_msg, sizeof p->fail_msg, "%s",
                  path ? err : "this endpoint is not supported by the model's upstream");
         return -1;
@@ -254,9 +258,8 @@ static int launch(struct proxy *p)
     struct buf url = BUF_INIT;
     buf_printf(&url, "%s%s", up->base_url, path);
     spec.url = url.data;
-    spec.body = json_dumps(body, JSON_COMPACT);
-    spec.body_len = spec.body ? strlen(spec.body) : 0;
-    json_decref(body);
+    spec.body_len = body.len;
+    spec.body = buf_steal(&body);
     spec.headers = build_headers(p, up);
     spec.connect_timeout_ms = r->conf->timeouts.connect_ms;
     spec.timeout_ms = up->timeout_ms;
@@ -360,6 +363,7 @@ static void record_failure(struct proxy *p, enum call_result result, long status
 {
     const char *up = p->target->upstream->name;
     p->fail_type = "upstream_error";
+    p->fail_param[0] = '\0';
     json_decref(p->fail_body);
     p->fail_body = NULL;
     switch (result) {

@@ -122,6 +122,7 @@ void request_free(struct request *r)
     if (r->gather)
         gather_free(r->gather);
     conf_unref(r->conf);
+    buf_free(&r->body_raw);
     free(r->model);
     free(r);
 }

@@ -59,6 +59,7 @@ struct request {
     uint64_t bytes_out;
     double upstream_ms;
     struct proxy *proxy;                /* upstream work of chat-like requests */
+    struct buf body_raw;                /* the client's body text, when it is the upstream's */
     struct request *qnext, *qprev;      /* in the worker's slot queue while queued */
     json_t *qbody;                      /* the body it will start with, while queued */
     const struct conf_model *qmodel;

@@ -241,8 +241,10 @@ static void handle(struct request *r, const struct route *rt, const char *body, 
     default:
         r->ep = rt->id == ROUTE_CHAT ? EP_CHAT
               : rt->id == ROUTE_COMPLETIONS ? EP_COMPLETIONS : EP_EMBEDDINGS;
-        if ((j = parse_body(r, body, len)))
+        if ((j = parse_body(r, body, len))) {
+            buf_append(&r->body_raw, body, len);    /* lets the codec splice, not re-encode */
             router_start_upstream(r, j, "");
+        }
     }
 }
 

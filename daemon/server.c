@@ -216,21 +216,29 @@ static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
     __atomic_store_n(&w->heartbeat_ms, mono_ms(), __ATOMIC_RELAXED);
 }
 
-/* curl caps connections per host for the whole multi handle: the largest upstream's share. */
-static long host_connections(const struct conf *c, unsigned nworkers)
+/* curl caps connections per host for the whole multi handle: the largest upstream's share.
+ * The cache of idle connections holds every upstream's share, so a busy worker keeps reusing
+ * its connections instead of reconnecting. */
+static void connection_caps(const struct conf *c, unsigned nworkers, long *host, long *cached)
 {
-    unsigned max = 0;
-    for (size_t i = 0; i < c->nupstreams; i++)
-        if (c->upstreams[i].max_connections > max)
-            max = c->upstreams[i].max_connections;
-    return max ? (long)((max + nworkers - 1) / nworkers) : 0;
+    unsigned long max = 0, sum = 0;
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        unsigned long m = c->upstreams[i].max_connections;
+        max = m > max ? m : max;
+        sum += m;
+    }
+    *host = max ? (long)((max + nworkers - 1) / nworkers) : 0;
+    *cached = (long)((sum + nworkers - 1) / nworkers);
+    if (*cached < 64)
+        *cached = 64;
 }
 
 static int worker_init(struct worker *w)
 {
+    long host, cached;
+    connection_caps(w->conf, w->srv->nworkers, &host, &cached);
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-    w->engine = w->loop ? engine_new(w->loop, host_connections(w->conf, w->srv->nworkers))
-                        : NULL;
+    w->engine = w->loop ? engine_new(w->loop, host, cached) : NULL;
     if (!w->engine || watch_listeners(w) < 0)
         return -1;
     proxy_worker_init(w);

@@ -9,7 +9,7 @@
 #include <strings.h>
 
 #define EASY_POOL_MAX 1024  /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
-#define MAX_CACHED_CONNECTIONS 4096     /* idle upstream connections kept per worker */
+#define RECV_BUFFER 8192    /* per transfer; curl's 16 KiB default doubles memory per call */
 
 struct engine {
     struct ev_loop *loop;
@@ -30,8 +30,7 @@ struct call {
     CURL *easy;
     struct curl_slist *headers;
     char *body;
-    size_t body_len, body_sent;
-    unsigned rewinds;
+    unsigned sends;
     const struct call_ops *ops;
     void *ud;
     uint64_t max_bytes;
@@ -102,7 +101,7 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
     return 0;
 }
 
-struct engine *engine_new(struct ev_loop *loop, long max_host_connections)
+struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached)
 {
     struct engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -120,7 +119,8 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections)
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-    curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CACHED_CONNECTIONS);
+    if (max_cached > 0)     /* else curl's default: 4 × the transfers added */
+        curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, max_cached);
     if (max_host_connections > 0)
         curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     return e;
@@ -234,25 +234,14 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
     return n;
 }
 
-static size_t on_read_body(char *dst, size_t size, size_t n, void *ud)
+/* Runs before each send of the request. curl re-sends silently when a reused connection turns
+ * out dead before any answer: once is right (a keep-alive connection the upstream had closed),
+ * more would multiply one prompt into many, so a third send fails the attempt instead and the
+ * model's retry policy decides. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port)
 {
     struct call *c = ud;
-    size_t left = c->body_len - c->body_sent, take = size * n < left ? size * n : left;
-    memcpy(dst, c->body + c->body_sent, take);
-    c->body_sent += take;
-    return take;
-}
-
-/* curl re-sends a request silently when a reused connection turns out dead before any answer.
- * Once is right (a keep-alive connection the upstream closed); more would multiply one request
- * into many, so further rewinds fail the attempt and the retry policy decides. */
-static int on_seek_body(void *ud, curl_off_t offset, int origin)
-{
-    struct call *c = ud;
-    if (origin != SEEK_SET || offset != 0 || c->rewinds++ >= 1)
-        return CURL_SEEKFUNC_CANTSEEK;
-    c->body_sent = 0;
-    return CURL_SEEKFUNC_OK;
+    return ++c->sends > 2 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
 }
 
 static void set_options(struct call *c, const struct call_spec *spec)
@@ -264,14 +253,13 @@ static void set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
-    if (c->body) {
-        curl_easy_setopt(h, CURLOPT_POST, 1L);
+    if (c->body) {     /* POSTFIELDS: headers and body leave in one send */
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
-        curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read_body);
-        curl_easy_setopt(h, CURLOPT_READDATA, c);
-        curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek_body);
-        curl_easy_setopt(h, CURLOPT_SEEKDATA, c);
     }
+    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)RECV_BUFFER);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
@@ -299,7 +287,6 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->easy = easy;
     c->headers = spec->headers;
     c->body = spec->body;
-    c->body_len = spec->body_len;
     c->ops = ops;
     c->ud = ud;
     c->max_bytes = spec->max_response_bytes;
@@ -361,7 +348,7 @@ static enum call_result map_result(const struct call *c, CURLcode rc)
     case CURLE_PARTIAL_FILE:
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
-    case CURLE_SEND_FAIL_REWIND: return CALL_RESET;
+    case CURLE_ABORTED_BY_CALLBACK: return CALL_RESET;     /* on_prereq refused a 3rd send */
     default: return CALL_ERROR;
     }
 }

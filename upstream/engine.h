@@ -41,7 +41,9 @@ struct call_spec {
     uint64_t max_response_bytes;    /* 0 = none */
 };
 
-struct engine *engine_new(struct ev_loop *loop, long max_host_connections);
+/* max_host_connections: cap per upstream host (0 = none); max_cached: idle connections kept
+ * for reuse (0 = curl's default). */
+struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached);
 /* Every call must have ended or been cancelled before. */
 void engine_free(struct engine *e);
 unsigned engine_active(const struct engine *e);

@@ -26,9 +26,11 @@ struct codec_ops {
     const char *name;
     /* Path appended to base_url, or NULL when the provider has no such endpoint. */
     const char *(*path)(enum endpoint ep);
-    /* Upstream body for `model`: NULL with err/param (client error, 400) when not expressible. */
-    json_t *(*encode)(enum endpoint ep, const json_t *body, const char *model,
-                      char *err, size_t errlen, char *param, size_t paramlen);
+    /* Writes the upstream body for `model` into out. body is the client's parsed body (the
+     * codec may change it), raw its text when known (else NULL) for a copy-free fast path.
+     * -1 with err/param (a client error, 400) when the request can't be expressed. */
+    int (*encode)(enum endpoint ep, json_t *body, const struct buf *raw, const char *model,
+                  struct buf *out, char *err, size_t errlen, char *param, size_t paramlen);
     /* Authentication and provider headers. */
     struct curl_slist *(*auth)(const struct conf_upstream *up, struct curl_slist *h);
     /* A complete 2xx body → OpenAI JSON in out; leaves out empty to mean "relay as is".

@@ -11,10 +11,16 @@ static const char *anthropic_path(enum endpoint ep)
     return ep == EP_CHAT ? "/v1/messages" : NULL;   /* no completions/embeddings API */
 }
 
-static json_t *anthropic_encode(enum endpoint ep, const json_t *body, const char *model,
-                                char *err, size_t errlen, char *param, size_t paramlen)
+static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *raw,
+                            const char *model, struct buf *out, char *err, size_t errlen,
+                            char *param, size_t paramlen)
 {
-    return anthropic_encode_chat(body, model, err, errlen, param, paramlen);
+    json_t *msg = anthropic_encode_chat(body, model, err, errlen, param, paramlen);
+    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    int rc = text ? buf_puts(out, text) : -1;
+    free(text);
+    return rc;
 }
 
 static struct curl_slist *anthropic_auth(const struct conf_upstream *up, struct curl_slist *h)

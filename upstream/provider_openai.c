@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_scan.h"
 #include "upstream/provider.h"
 
 static const char *openai_path(enum endpoint ep)
@@ -16,16 +17,30 @@ static const char *openai_path(enum endpoint ep)
     return paths[ep];
 }
 
-static json_t *openai_encode(enum endpoint ep, const json_t *body, const char *model,
-                             char *err, size_t errlen, char *param, size_t paramlen)
+/* Only "model" changes. With the client's text at hand, its bytes are spliced around the new
+ * value: no tree copy, no re-serialisation, and the body goes upstream as the client wrote it. */
+static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
+                         const char *model, struct buf *out, char *err, size_t errlen,
+                         char *param, size_t paramlen)
 {
-    json_t *out = json_copy((json_t *)body);    /* shallow: only "model" changes */
-    if (!out || json_object_set_new(out, "model", json_string(model)) < 0) {
-        json_decref(out);
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+    size_t start, end;
+    if (raw && raw->len && json_scan_member(raw->data, raw->len, "model", &start, &end) == 0) {
+        if (buf_reserve(out, raw->len + strlen(model) + 16) == 0) {
+            buf_append(out, raw->data, start);
+            buf_puts(out, "\"");
+            buf_json_escape(out, model, strlen(model));
+            buf_puts(out, "\"");
+            buf_append(out, raw->data + end, raw->len - end);
+            return 0;
+        }
     }
-    return out;
+    char *text = json_object_set_new(body, "model", json_string(model)) == 0
+                     ? json_dumps(body, JSON_COMPACT) : NULL;
+    int rc = text ? buf_puts(out, text) : -1;
+    free(text);
+    if (rc < 0)
+        snprintf(err, errlen, "out of memory");
+    return rc;
 }
 
 static struct curl_slist *openai_auth(const struct conf_upstream *up, struct curl_slist *h)
@@ -42,13 +57,17 @@ static struct curl_slist *openai_auth(const struct conf_upstream *up, struct cur
 static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in, size_t len,
                               struct buf *out)
 {
-    json_t *j = json_loadb(in, len, 0, NULL);
-    if (!json_is_object(j)) {
-        json_decref(j);
+    /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
+     * cost a fraction of parsing the whole answer. */
+    size_t start, end;
+    if (json_scan_object(in, len) < 0)
         return -1;
+    if (json_scan_member(in, len, "usage", &start, &end) == 0) {
+        json_t *u = json_loadb(in + start, end - start, 0, NULL);
+        json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
+        openai_usage(wrap, &c->prompt_tokens, &c->completion_tokens);
+        json_decref(wrap);
     }
-    openai_usage(j, &c->prompt_tokens, &c->completion_tokens);
-    json_decref(j);
     return 0;
 }
 
