@@ -399,7 +399,9 @@ static void dispatch(struct conn *c)
     router_dispatch(r, &head, body, body_len);
     /* The request copied what it needs; drop its bytes, keep any pipelined ones. */
     buf_consume(&c->in, c->head_len + body_len);
-    if (c->in.len > PIPELINE_SLACK)
+    if (c->in.len == 0)
+        buf_free(&c->in);       /* nothing pipelined: don't hold 4 KiB+ while the upstream works */
+    else if (c->in.len > PIPELINE_SLACK)
         reading(c, false);
 }
 

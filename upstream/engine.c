@@ -2,6 +2,7 @@
  * as in curl's evhiperfifo.c) and the call object: one easy handle, its headers, body and state. */
 #include "upstream/engine.h"
 
+#include <malloc.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,16 @@
 #include <strings.h>
 
 #define EASY_POOL_MAX 1024  /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
+#define POOL_KEEP 16        /* handles kept however quiet it gets */
+#define TRIM_SECONDS 2.0
 #define RECV_BUFFER 8192    /* per transfer; curl's 16 KiB default doubles memory per call */
 
 struct engine {
     struct ev_loop *loop;
     CURLM *multi;
     ev_timer timer;
+    ev_timer trim;          /* gives back pooled handles a burst left behind */
+    unsigned pool_low;      /* fewest pooled handles seen since the last trim */
     unsigned active;
     CURL *pool[EASY_POOL_MAX];
     unsigned npool;
@@ -101,6 +106,18 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
     return 0;
 }
 
+/* Handles that sat unused for a whole period go back to the allocator, then to the system. */
+static void on_trim(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct engine *e = t->data;
+    unsigned spare = e->pool_low > POOL_KEEP ? e->pool_low - POOL_KEEP : 0;
+    for (unsigned i = 0; i < spare; i++)
+        curl_easy_cleanup(e->pool[--e->npool]);
+    if (spare > 64)
+        malloc_trim(0);
+    e->pool_low = e->npool;
+}
+
 struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached)
 {
     struct engine *e = calloc(1, sizeof *e);
@@ -114,6 +131,10 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
     }
     ev_timer_init(&e->timer, on_timer, 0., 0.);
     e->timer.data = e;
+    ev_timer_init(&e->trim, on_trim, TRIM_SECONDS, TRIM_SECONDS);
+    e->trim.data = e;
+    ev_timer_start(loop, &e->trim);
+    ev_unref(loop);         /* the trim timer alone doesn't keep the loop running */
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
     curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
     curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
@@ -131,6 +152,8 @@ void engine_free(struct engine *e)
     if (!e)
         return;
     ev_timer_stop(e->loop, &e->timer);
+    ev_ref(e->loop);
+    ev_timer_stop(e->loop, &e->trim);
     for (unsigned i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
     curl_multi_cleanup(e->multi);   /* closes pooled connections; CURL_POLL_REMOVE frees watchers */
@@ -146,6 +169,8 @@ static CURL *easy_get(struct engine *e)
 {
     if (e->npool) {
         CURL *easy = e->pool[--e->npool];
+        if (e->npool < e->pool_low)
+            e->pool_low = e->npool;
         curl_easy_reset(easy);
         return easy;
     }
