@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/http_status.h"
 #include "common/log.h"
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
@@ -207,34 +208,6 @@ static void queue(struct conn *c, const char *p, size_t n)
         ev_io_start(c->w->loop, &c->wio);
 }
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-    }
-}
-
 static const char *http_date(void)
 {
     static __thread char date[40];
@@ -251,7 +224,7 @@ static const char *http_date(void)
 
 static void put_head(struct conn *c, struct buf *h, int status, const struct request *r)
 {
-    buf_printf(h, "HTTP/1.1 %d %s\r\nServer: llmux\r\nDate: %s\r\n", status, reason(status),
+    buf_printf(h, "HTTP/1.1 %d %s\r\nServer: llmux\r\nDate: %s\r\n", status, http_status_reason(status),
                http_date());
     if (r) {
         buf_printf(h, "X-Request-Id: %s\r\n", r->id);

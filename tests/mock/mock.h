@@ -150,6 +150,5 @@ int reply_body(struct mock_reply *r, struct buf *out);
 int reply_stream_step(struct mock_reply *r, struct buf *out, long step);
 int reply_error_body(struct buf *out, bool anthropic, int status, const char *msg);
 int reply_models(struct buf *out, long created);
-const char *reply_reason(int status);
 
 #endif

@@ -1,6 +1,7 @@
 /* mock_conn: one client connection of the mock upstream — reading requests, counting them,
  * and playing out each one's directives (delay, errors, streams, stalls, resets) on libev. */
 #include "tests/mock/mock.h"
+#include "common/http_status.h"
 
 #include <errno.h>
 #include <ev.h>
@@ -165,7 +166,7 @@ static void conn_head(struct mock_conn *c, int status, const char *ctype, long l
 {
     struct buf *h = &c->head;
     c->status = status;
-    buf_printf(h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, reply_reason(status), ctype);
+    buf_printf(h, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, http_status_reason(status), ctype);
     if (clen >= 0)
         buf_printf(h, "Content-Length: %lld\r\n", clen);
     else
