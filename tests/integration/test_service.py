@@ -301,10 +301,16 @@ class StopTest(ServiceCase):
         d.signal(signal.SIGTERM)
         self.assertTrue(d.wait_log("draining"), d.logs())
         t0 = time.monotonic()
-        try:
-            s = socket.create_connection(("127.0.0.1", d.port), 1)
-        except ConnectionRefusedError:
-            s = None
+        # The workers close the listeners a moment after the main thread logs the signal.
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", d.port), 1)
+            except ConnectionRefusedError:
+                s = None
+            if s is None or time.monotonic() - t0 > 0.5:
+                break
+            s.close()
+            time.sleep(0.01)
         if s is not None:
             # Accepted by the kernel: does the client get anything before the daemon exits?
             s.settimeout(3)
