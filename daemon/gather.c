@@ -255,6 +255,7 @@ static void start_item(struct gather *g, size_t i)
     r->ep = it->ep;
     r->key = p->key;
     r->no_retry = p->no_retry;
+    buf_append(&r->fwd_headers, p->fwd_headers.data, p->fwd_headers.len);
     memcpy(r->method, p->method, sizeof r->method);
     memcpy(r->path, p->path, sizeof r->path);
     snprintf(r->id, sizeof r->id, "%.*s.%u", REQUEST_ID_MAX - 12, p->id, (unsigned)i % 100000);

@@ -222,6 +222,9 @@ static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstr
     h = curl_slist_append(h, "Expect:");     /* no 100-continue round trip upstream */
     snprintf(line, sizeof line, "X-Request-Id: %s", p->r->id);
     h = curl_slist_append(h, line);
+    const struct buf *fwd = &p->r->fwd_headers;
+    for (size_t off = 0; off < fwd->len; off += strlen(fwd->data + off) + 1)
+        h = curl_slist_append(h, fwd->data + off);
     for (size_t i = 0; i < up->nheaders; i++) {
         struct buf b = BUF_INIT;
         buf_printf(&b, "%s: %s", up->headers[i].name, up->headers[i].value);

@@ -123,6 +123,7 @@ void request_free(struct request *r)
         gather_free(r->gather);
     conf_unref(r->conf);
     buf_free(&r->body_raw);
+    buf_free(&r->fwd_headers);
     free(r->model);
     free(r);
 }

@@ -60,6 +60,8 @@ struct request {
     double upstream_ms;
     struct proxy *proxy;                /* upstream work of chat-like requests */
     struct buf body_raw;                /* the client's body text, when it is the upstream's */
+    struct buf fwd_headers;             /* allow-listed client headers, "Name: value" each
+                                         * followed by a NUL, sent upstream as they came */
     struct request *qnext, *qprev;      /* in the worker's slot queue while queued */
     json_t *qbody;                      /* the body it will start with, while queued */
     const struct conf_model *qmodel;

@@ -52,6 +52,23 @@ static void set_id(struct request *r, const struct http_head *h)
         request_make_id(r->id, &r->w->rng);
 }
 
+/* Client headers an upstream may need and that can't leak anything: opt-in feature flags.
+ * Everything else (cookies, the client's own key, hop-by-hop fields) stays at the gateway. */
+static const char *const forwarded_headers[] = {"openai-beta", "anthropic-beta"};
+
+static void collect_forwarded(struct request *r, const struct http_head *h)
+{
+    for (size_t i = 0; i < sizeof forwarded_headers / sizeof *forwarded_headers; i++) {
+        const struct http_header *f = http_find_header(h, forwarded_headers[i]);
+        if (!f || f->value.len > 512)
+            continue;
+        buf_append(&r->fwd_headers, f->name.p, f->name.len);
+        buf_puts(&r->fwd_headers, ": ");
+        buf_append(&r->fwd_headers, f->value.p, f->value.len);
+        buf_append(&r->fwd_headers, "", 1);
+    }
+}
+
 /* Bearer token or x-api-key; 0 when allowed (or no keys configured). */
 static int authenticate(struct request *r, const struct http_head *h)
 {
@@ -281,5 +298,7 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
         return;
     if (rt->needs_key && set_controls(r, head) < 0)
         return;
+    if (rt->needs_key)
+        collect_forwarded(r, head);
     handle(r, rt, body, len);
 }

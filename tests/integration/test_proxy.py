@@ -26,6 +26,17 @@ class ProxyTest(Case):
         self.assertEqual(last["headers"]["authorization"], "Bearer sk-upstream-secret-123")
         self.assertEqual(last["headers"]["x-request-id"], "abc-123")
 
+    def test_only_allow_listed_client_headers_reach_the_upstream(self):
+        st, _, _ = self.d.chat("hi", headers={"OpenAI-Beta": "assistants=v2",
+                                              "Cookie": "session=1", "X-Secret": "s",
+                                              "Authorization": "Bearer client-key"})
+        self.assertEqual(st, 200)
+        sent = self.mock.last()["headers"]
+        self.assertEqual(sent["openai-beta"], "assistants=v2")
+        for name in ("cookie", "x-secret"):
+            self.assertNotIn(name, sent)
+        self.assertNotIn("client-key", json.dumps(sent))
+
     def test_request_id_generated_when_absent_or_unsafe(self):
         _, h1, _ = self.d.chat("a")
         _, h2, _ = self.d.chat("b", headers={"X-Request-Id": "bad id\twith junk"})
