@@ -187,7 +187,7 @@ static int run(struct daemon_state *d, struct conf *c)
     watch_signals(d);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     if (c->nkeys == 0)
-        log_warn("no keys: configured: the gateway is open to anyone who can reach it");
+        log_warn("no keys configured: the gateway is open to anyone who can reach it");
     log_info("llmuxd %s ready: %u worker(s), %zu model(s)", LLMUX_VERSION, n, c->nmodels);
     sd_notify(0, "READY=1");
     notify_status(d);

@@ -31,7 +31,7 @@ struct proxy {
     struct sse_parser sse;
     long status;
     int64_t retry_after_ms;
-    double call_started;            /* loop time the current attempt began */
+    double call_started;            /* ev_time the current attempt began */
     bool paused, stream_failed;
     /* the last failure, reported when no attempt is left */
     int fail_status;
@@ -296,7 +296,7 @@ static void attempt(struct proxy *p)
             METRIC_INC(r->w->m.upstream_fallbacks);
         r->attempts++;
         r->upstream = p->target->upstream->name;
-        p->call_started = ev_now(r->w->loop);
+        p->call_started = ev_time();
         p->health->inflight++;
         METRIC_INC(r->w->m.upstream_attempts);
         METRIC_INC(r->w->m.upstream_inflight);
@@ -472,7 +472,7 @@ static void on_done(void *ud, enum call_result result, long status, const char *
     struct proxy *p = ud;
     struct request *r = p->r;
     struct worker *w = r->w;
-    double ms = (ev_now(w->loop) - p->call_started) * 1000.0;
+    double ms = (ev_time() - p->call_started) * 1000.0;
     p->call = NULL;
     p->health->inflight--;
     METRIC_DEC(w->m.upstream_inflight);

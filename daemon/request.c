@@ -25,6 +25,7 @@ struct request *request_new(struct worker *w, struct conf *conf, const struct si
     r->owner = owner;
     r->route = route;
     r->started = ev_now(w->loop);
+    r->t0 = ev_time();
     r->retry_after_s = -1;
     ev_timer_init(&r->deadline, on_deadline, 0., 0.);
     r->deadline.data = r;
@@ -83,7 +84,7 @@ static void access_log(const struct request *r, double elapsed_ms)
 static void account(struct request *r)
 {
     struct metrics *m = &r->w->m;
-    double elapsed = ev_now(r->w->loop) - r->started;
+    double elapsed = ev_time() - r->t0;    /* ev_now is per loop turn: too coarse here */
     METRIC_INC(m->outcomes[r->outcome]);
     METRIC_INC(m->requests[r->route][metrics_status_slot(r->status)]);
     METRIC_DEC(m->inflight_requests);

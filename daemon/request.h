@@ -44,7 +44,8 @@ struct request {
     char *model;                        /* client's model name (for logs), owned */
     char method[8];
     char path[48];                      /* truncated copy, for logs */
-    double started;                     /* ev_now at creation */
+    double started;                     /* ev_now at creation (the deadline's clock) */
+    double t0;                          /* ev_time at creation, for latency figures */
     ev_timer deadline;
     double deadline_at;                 /* absolute, loop clock; 0 = none */
     bool no_retry, stream, ended, responded, streaming;
