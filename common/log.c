@@ -13,15 +13,16 @@ static enum log_level log_max = LOG_INFO;
 static enum log_format log_fmt = LOG_FORMAT_TEXT;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
+/* Set by the main thread on reload while workers log: relaxed atomics, no lock. */
 void log_setup(enum log_level level, enum log_format format)
 {
-    log_max = level;
-    log_fmt = format;
+    __atomic_store_n(&log_max, level, __ATOMIC_RELAXED);
+    __atomic_store_n(&log_fmt, format, __ATOMIC_RELAXED);
 }
 
 bool log_enabled(enum log_level level)
 {
-    return level <= log_max;
+    return level <= __atomic_load_n(&log_max, __ATOMIC_RELAXED);
 }
 
 int log_level_parse(const char *s, enum log_level *out)
