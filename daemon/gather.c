@@ -31,6 +31,7 @@ struct gather {
     unsigned running, max_concurrency;
     enum gather_mode mode;
     bool return_exceptions, stream, advancing, finished;
+    bool timed;                 /* the timeout timer is set */
     uint64_t item_timeout_ms;
     long prompt_tokens, completion_tokens;
     ev_timer timeout;           /* the gather's own timeout_ms */
@@ -162,9 +163,11 @@ static int parse_options(struct request *r, struct gather *g, json_t *body)
             timeout = cap;
         request_set_deadline(r, timeout + 1000);
         ev_timer_set(&g->timeout, (double)timeout / 1000.0, 0.);
+        g->timed = true;
     } else if (r->deadline_at) {
         double left = r->deadline_at - ev_now(r->w->loop);
         ev_timer_set(&g->timeout, left > 0.05 ? left - 0.05 : 0., 0.);
+        g->timed = true;
         request_set_deadline(r, (uint64_t)((r->deadline_at - r->started) * 1000) + 1000);
     }
     return 0;
@@ -220,7 +223,7 @@ void gather_start(struct request *r, json_t *body)
     json_decref(body);
     if (rc < 0)
         return;     /* answered; the gather is freed with its request */
-    if (ev_timer_remaining(r->w->loop, &g->timeout) > 0 || g->timeout.repeat == 0)
+    if (g->timed)
         ev_timer_start(r->w->loop, &g->timeout);
     if (g->stream)
         request_stream_start(r, 200);

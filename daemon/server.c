@@ -51,10 +51,17 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* Out of descriptors: pause instead of spinning on a ready listener. */
-                log_warn("accept: %s; pausing accepts for %.0f ms", strerror(errno),
-                         EMFILE_PAUSE * 1000);
+                if (ev_now(loop) - w->accept_warned >= 1.0) {     /* one line a second */
+                    w->accept_warned = ev_now(loop);
+                    log_warn("accept: %s; pausing accepts for %.0f ms", strerror(errno),
+                             EMFILE_PAUSE * 1000);
+                }
                 accepting(w, false);
-                ev_timer_start(loop, &w->accept_pause);
+                if (!ev_is_active(&w->accept_pause)) {
+                    /* set again each time: a one-shot timer that fired keeps ~0 s left */
+                    ev_timer_set(&w->accept_pause, EMFILE_PAUSE, 0.);
+                    ev_timer_start(loop, &w->accept_pause);
+                }
             }
             return;     /* EAGAIN (another worker took it), ECONNABORTED, … */
         }

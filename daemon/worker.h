@@ -33,6 +33,7 @@ struct worker {
     ev_io *accept_io;               /* one per listening socket */
     unsigned naccept;
     ev_timer accept_pause;          /* EMFILE: accepting resumes after it */
+    double accept_warned;           /* when EMFILE was last logged */
     ev_timer drain_timer;           /* shutdown grace */
     ev_timer heartbeat;             /* proves the loop turns (systemd watchdog) */
     uint64_t heartbeat_ms;          /* atomic: last turn, monotonic ms */
