@@ -81,12 +81,20 @@ test: deps
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 CFLAGS="-O1 -g" all unit integration
 
+FUZZ_CC = clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined
 fuzz: deps
 	@mkdir -p $(BUILD)/fuzz
-	clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
-	    tests/fuzz/fuzz_http_parser.c daemon/http_parser.c -o $(BUILD)/fuzz/fuzz_http_parser
+	$(FUZZ_CC) tests/fuzz/fuzz_http_parser.c daemon/http_parser.c \
+	    -o $(BUILD)/fuzz/fuzz_http_parser
+	$(FUZZ_CC) tests/fuzz/fuzz_sse.c common/sse.c common/buf.c -o $(BUILD)/fuzz/fuzz_sse
+	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_conf.c $(CONF_SRC) $(COMMON_SRC) \
+	    -o $(BUILD)/fuzz/fuzz_conf $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_http_parser -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    tests/fuzz/corpus
+	$(BUILD)/fuzz/fuzz_sse -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=2048 \
+	    tests/fuzz/corpus-sse
+	$(BUILD)/fuzz/fuzz_conf -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
+	    tests/fuzz/corpus-conf
 
 bench: deps
 	@$(MAKE) --no-print-directory all
