@@ -33,6 +33,7 @@ struct proxy {
     int64_t retry_after_ms;
     double call_started;            /* ev_time the current attempt began */
     bool paused, stream_failed;
+    bool probe;                     /* this attempt is the half-open breaker's single probe */
     /* the last failure, reported when no attempt is left */
     int fail_status;
     const char *fail_type, *fail_code;
@@ -182,6 +183,8 @@ void proxy_cancel(struct proxy *p, enum abort_reason why)
         METRIC_INC(p->r->w->m.aborted[why]);
         METRIC_DEC(p->r->w->m.upstream_inflight);
         p->health->inflight--;
+        if (p->probe)
+            p->health->probing = false;     /* an abandoned probe must not block the next */
     }
     proxy_free(p);
 }
@@ -285,13 +288,14 @@ static void attempt(struct proxy *p)
         p->health = worker_health(r->w, p->target->upstream->name);
         if (p->retry == 0 && !route_health_allows(p->health, now))
             continue;
-        if (p->health->open_until)
-            p->health->probing = true;
         buf_reset(&p->resp);
         p->status = 0;
         p->retry_after_ms = -1;
         if (launch(p) < 0)
             continue;
+        p->probe = p->health->open_until != 0;
+        if (p->probe)
+            p->health->probing = true;
         if (p->pos > 0 && p->retry == 0 && r->attempts > 0)
             METRIC_INC(r->w->m.upstream_fallbacks);
         r->attempts++;

@@ -227,3 +227,25 @@ keys:
 
     def test_health_needs_no_key(self):
         self.assertEqual(self.d.request("GET", "/healthz")[0], 200)
+
+
+class BreakerTest(Case):
+    extra = """
+health:
+  failures: 2
+  cooldown: 400ms
+"""
+
+    def test_breaker_opens_skips_then_probes(self):
+        attempts = [self.d.chat("x", model="fallback")[1]["x-llmux-attempts"] for _ in range(2)]
+        self.assertEqual(attempts, ["2", "2"])          # dead fails, mock answers
+        st, h, _ = self.d.chat("x", model="fallback")
+        self.assertEqual((st, h["x-llmux-attempts"]), (200, "1"))   # dead's circuit is open
+        st, _, data = self.d.request("GET", "/readyz")
+        self.assertEqual(st, 503)                        # model "dead" has no healthy target
+        import time
+        time.sleep(0.45)
+        st, h, _ = self.d.chat("x", model="fallback")
+        self.assertEqual((st, h["x-llmux-attempts"]), (200, "2"))   # one probe after cooldown
+        st, h, _ = self.d.chat("x", model="fallback")
+        self.assertEqual(h["x-llmux-attempts"], "1")     # the probe failed: open again
