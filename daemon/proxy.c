@@ -375,6 +375,17 @@ static void record_failure(struct proxy *p, enum call_result result, long status
     p->fail_body = NULL;
     switch (result) {
     case CALL_OK:
+        if (status == 401 || status == 403) {
+            /* The gateway's own key was refused: the client can't fix that, and the upstream's
+             * message may quote the key (even masked), so it is logged, not relayed. */
+            p->fail_status = 502;
+            p->fail_code = "upstream_auth_failed";
+            snprintf(p->fail_msg, sizeof p->fail_msg,
+                     "upstream %s refused the gateway's credentials (status %ld)", up, status);
+            log_error("request %s: upstream %s answered %ld: check its api_key", p->r->id, up,
+                      status);
+            return;
+        }
         if (status >= 400 && status < 500) {
             /* The upstream's own answer, relayed with its status (wrapped if not OpenAI's). */
             p->fail_status = (int)status;

@@ -169,6 +169,13 @@ class ProxyTest(Case):
         st, _, data = self.d.request("GET", "/healthz")
         self.assertEqual((st, json.loads(data)), (200, {"status": "ok"}))
 
+    def test_upstream_auth_failure_is_not_relayed(self):
+        st, _, body = self.d.chat("x @mock:status=401")
+        self.assertEqual(st, 502)
+        self.assertEqual(body["error"]["code"], "upstream_auth_failed")
+        st, _, body = self.d.chat("x @mock:status=403", model="claude")
+        self.assertEqual((st, body["error"]["code"]), (502, "upstream_auth_failed"))
+
     def test_secrets_never_logged_or_returned(self):
         self.d.chat("x @mock:status=401")
         self.d.chat("x", model="dead")
