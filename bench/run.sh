@@ -151,7 +151,8 @@ upstreams:
     provider: openai
     base_url: http://127.0.0.1:$MOCK_PORT/v1
     api_key: sk-bench
-    max_connections: 20000
+    max_connections: 10000      # one per in-flight call (HTTP/1.1); with 10k clients, the rest
+                                # of the 20k descriptor limit
     timeout: 120s
 models:
   - name: m

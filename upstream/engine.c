@@ -12,12 +12,25 @@
 #define EASY_POOL_MAX 1024  /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
 #define POOL_KEEP 16        /* handles kept however quiet it gets */
 #define TRIM_SECONDS 2.0
-#define RECV_BUFFER 8192    /* per transfer; curl's 16 KiB default doubles memory per call */
+#define RECV_BUFFER 4096    /* per transfer: curl's 16 KiB default, times 10k calls, is 160 MB */
+
+/* libcurl 7.88 scans a host's whole connection bundle to find one to reuse: linear in the
+ * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. Above
+ * SHARD_CONNECTIONS per host the engine spreads calls over several multi handles (shards),
+ * each with its own connection cache, so each scan covers a fraction. */
+#define SHARD_CONNECTIONS 1024
+#define MAX_SHARDS 8
+
+struct shard {
+    struct engine *e;
+    CURLM *multi;
+    ev_timer timer;
+};
 
 struct engine {
     struct ev_loop *loop;
-    CURLM *multi;
-    ev_timer timer;
+    struct shard shards[MAX_SHARDS];
+    unsigned nshards, next_shard;
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     unsigned pool_low;      /* fewest pooled handles seen since the last trim */
     unsigned active;
@@ -27,11 +40,12 @@ struct engine {
 
 struct sock_watch {
     ev_io io;
-    struct engine *e;
+    struct shard *sh;
 };
 
 struct call {
     struct engine *e;
+    struct shard *sh;
     CURL *easy;
     struct curl_slist *headers;
     char *body;
@@ -46,24 +60,25 @@ struct call {
     char errbuf[CURL_ERROR_SIZE];
 };
 
-static void check_multi_info(struct engine *e);
+static void check_multi_info(struct shard *sh);
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    struct engine *e = w->data;
+    struct shard *sh = w->data;
     int running;
-    curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_multi_info(e);
+    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(sh);
 }
 
 static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 {
-    struct engine *e = userp;
-    ev_timer_stop(e->loop, &e->timer);
+    struct shard *sh = userp;
+    struct ev_loop *loop = sh->e->loop;
+    ev_timer_stop(loop, &sh->timer);
     if (timeout_ms >= 0) {
         /* 0 means "as soon as possible": never call socket_action from inside this callback. */
-        ev_timer_set(&e->timer, (double)timeout_ms / 1000.0, 0.);
-        ev_timer_start(e->loop, &e->timer);
+        ev_timer_set(&sh->timer, (double)timeout_ms / 1000.0, 0.);
+        ev_timer_start(loop, &sh->timer);
     }
     return 0;
 }
@@ -71,21 +86,22 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
 static void on_sock_event(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sock_watch *sw = (struct sock_watch *)w;
-    struct engine *e = sw->e;
+    struct shard *sh = sw->sh;
     int flags = (revents & EV_READ ? CURL_CSELECT_IN : 0) |
                 (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
     int running;
-    curl_multi_socket_action(e->multi, w->fd, flags, &running);
-    check_multi_info(e);
+    curl_multi_socket_action(sh->multi, w->fd, flags, &running);
+    check_multi_info(sh);
 }
 
 static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *sockp)
 {
-    struct engine *e = userp;
+    struct shard *sh = userp;
+    struct ev_loop *loop = sh->e->loop;
     struct sock_watch *sw = sockp;
     if (what == CURL_POLL_REMOVE) {
         if (sw) {
-            ev_io_stop(e->loop, &sw->io);
+            ev_io_stop(loop, &sw->io);
             free(sw);
         }
         return 0;
@@ -95,14 +111,14 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
         sw = calloc(1, sizeof *sw);
         if (!sw)
             return -1;
-        sw->e = e;
+        sw->sh = sh;
         ev_io_init(&sw->io, on_sock_event, s, events);
-        curl_multi_assign(e->multi, s, sw);
+        curl_multi_assign(sh->multi, s, sw);
     } else {
-        ev_io_stop(e->loop, &sw->io);
+        ev_io_stop(loop, &sw->io);
         ev_io_set(&sw->io, s, events);
     }
-    ev_io_start(e->loop, &sw->io);
+    ev_io_start(loop, &sw->io);
     return 0;
 }
 
@@ -118,32 +134,47 @@ static void on_trim(struct ev_loop *loop, ev_timer *t, int revents)
     e->pool_low = e->npool;
 }
 
+static int shard_init(struct shard *sh, struct engine *e, long max_host, long max_cached)
+{
+    sh->e = e;
+    sh->multi = curl_multi_init();
+    if (!sh->multi)
+        return -1;
+    ev_timer_init(&sh->timer, on_timer, 0., 0.);
+    sh->timer.data = sh;
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    if (max_cached > 0)     /* else curl's default: 4 × the transfers added */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, max_cached);
+    if (max_host > 0)
+        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+    return 0;
+}
+
 struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached)
 {
     struct engine *e = calloc(1, sizeof *e);
     if (!e)
         return NULL;
     e->loop = loop;
-    e->multi = curl_multi_init();
-    if (!e->multi) {
-        free(e);
-        return NULL;
+    long n = max_host_connections / SHARD_CONNECTIONS;
+    e->nshards = n < 1 ? 1 : n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
+    for (unsigned i = 0; i < e->nshards; i++) {
+        long per_host = (max_host_connections + e->nshards - 1) / e->nshards;
+        long per_cache = max_cached ? (max_cached + e->nshards - 1) / e->nshards : 0;
+        if (shard_init(&e->shards[i], e, per_host, per_cache) < 0) {
+            e->nshards = i;
+            engine_free(e);
+            return NULL;
+        }
     }
-    ev_timer_init(&e->timer, on_timer, 0., 0.);
-    e->timer.data = e;
     ev_timer_init(&e->trim, on_trim, TRIM_SECONDS, TRIM_SECONDS);
     e->trim.data = e;
     ev_timer_start(loop, &e->trim);
     ev_unref(loop);         /* the trim timer alone doesn't keep the loop running */
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
-    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
-    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
-    curl_multi_setopt(e->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-    if (max_cached > 0)     /* else curl's default: 4 × the transfers added */
-        curl_multi_setopt(e->multi, CURLMOPT_MAXCONNECTS, max_cached);
-    if (max_host_connections > 0)
-        curl_multi_setopt(e->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host_connections);
     return e;
 }
 
@@ -151,12 +182,16 @@ void engine_free(struct engine *e)
 {
     if (!e)
         return;
-    ev_timer_stop(e->loop, &e->timer);
-    ev_ref(e->loop);
-    ev_timer_stop(e->loop, &e->trim);
+    if (ev_is_active(&e->trim)) {
+        ev_ref(e->loop);
+        ev_timer_stop(e->loop, &e->trim);
+    }
     for (unsigned i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
-    curl_multi_cleanup(e->multi);   /* closes pooled connections; CURL_POLL_REMOVE frees watchers */
+    for (unsigned i = 0; i < e->nshards; i++) {
+        ev_timer_stop(e->loop, &e->shards[i].timer);
+        curl_multi_cleanup(e->shards[i].multi);   /* CURL_POLL_REMOVE frees the watchers */
+    }
     free(e);
 }
 
@@ -189,7 +224,7 @@ static void easy_put(struct engine *e, CURL *easy)
 static void call_free(struct call *c)
 {
     struct engine *e = c->e;
-    curl_multi_remove_handle(e->multi, c->easy);
+    curl_multi_remove_handle(c->sh->multi, c->easy);
     easy_put(e, c->easy);
     curl_slist_free_all(c->headers);
     free(c->body);
@@ -309,6 +344,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     if (!easy)
         goto fail;
     c->e = e;
+    c->sh = &e->shards[e->next_shard++ % e->nshards];
     c->easy = easy;
     c->headers = spec->headers;
     c->body = spec->body;
@@ -318,7 +354,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->retry_after_ms = -1;
     c->started = ev_now(e->loop);
     set_options(c, spec);
-    if (curl_multi_add_handle(e->multi, easy) != CURLM_OK) {
+    if (curl_multi_add_handle(c->sh->multi, easy) != CURLM_OK) {
         easy_put(e, easy);
         goto fail;
     }
@@ -399,11 +435,11 @@ static void finish(struct call *c, CURLcode rc)
         ops->on_done(ud, result, status, detail);
 }
 
-static void check_multi_info(struct engine *e)
+static void check_multi_info(struct shard *sh)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(e->multi, &left))) {
+    while ((msg = curl_multi_info_read(sh->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         struct call *c;
