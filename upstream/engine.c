@@ -4,6 +4,7 @@
 
 #include <malloc.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,22 +16,25 @@
 #define RECV_BUFFER 4096    /* per transfer: curl's 16 KiB default, times 10k calls, is 160 MB */
 
 /* libcurl 7.88 scans a host's whole connection bundle to find one to reuse: linear in the
- * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. Above
- * SHARD_CONNECTIONS per host the engine spreads calls over several multi handles (shards),
- * each with its own connection cache, so each scan covers a fraction. */
+ * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. When
+ * max_connections allows more than SHARD_CONNECTIONS, the engine has several multi handles
+ * (shards), each with its own connection cache, and fills them in order: at low concurrency
+ * everything stays on the first (one batch per loop turn), at high each scan covers a part. */
 #define SHARD_CONNECTIONS 1024
-#define MAX_SHARDS 8
+#define MAX_SHARDS 16
 
 struct shard {
     struct engine *e;
     CURLM *multi;
     ev_timer timer;
+    unsigned active;
 };
 
 struct engine {
     struct ev_loop *loop;
     struct shard shards[MAX_SHARDS];
-    unsigned nshards, next_shard;
+    unsigned nshards;
+    unsigned shard_cap;     /* calls a shard takes before the next one is used */
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     unsigned pool_low;      /* fewest pooled handles seen since the last trim */
     unsigned active;
@@ -160,10 +164,11 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
     if (!e)
         return NULL;
     e->loop = loop;
-    long n = max_host_connections / SHARD_CONNECTIONS;
+    long n = (max_host_connections + SHARD_CONNECTIONS - 1) / SHARD_CONNECTIONS;
     e->nshards = n < 1 ? 1 : n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
+    long per_host = (max_host_connections + e->nshards - 1) / e->nshards;
+    e->shard_cap = per_host > 0 ? (unsigned)per_host : UINT32_MAX;
     for (unsigned i = 0; i < e->nshards; i++) {
-        long per_host = (max_host_connections + e->nshards - 1) / e->nshards;
         long per_cache = max_cached ? (max_cached + e->nshards - 1) / e->nshards : 0;
         if (shard_init(&e->shards[i], e, per_host, per_cache) < 0) {
             e->nshards = i;
@@ -225,6 +230,7 @@ static void call_free(struct call *c)
 {
     struct engine *e = c->e;
     curl_multi_remove_handle(c->sh->multi, c->easy);
+    c->sh->active--;
     easy_put(e, c->easy);
     curl_slist_free_all(c->headers);
     free(c->body);
@@ -336,6 +342,18 @@ static void set_options(struct call *c, const struct call_spec *spec)
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
 }
 
+static struct shard *pick_shard(struct engine *e)
+{
+    struct shard *least = &e->shards[0];
+    for (unsigned i = 0; i < e->nshards; i++) {
+        if (e->shards[i].active < e->shard_cap)
+            return &e->shards[i];
+        if (e->shards[i].active < least->active)
+            least = &e->shards[i];
+    }
+    return least;
+}
+
 struct call *call_start(struct engine *e, const struct call_spec *spec,
                         const struct call_ops *ops, void *ud)
 {
@@ -344,7 +362,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     if (!easy)
         goto fail;
     c->e = e;
-    c->sh = &e->shards[e->next_shard++ % e->nshards];
+    c->sh = pick_shard(e);
     c->easy = easy;
     c->headers = spec->headers;
     c->body = spec->body;
@@ -358,6 +376,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
         easy_put(e, easy);
         goto fail;
     }
+    c->sh->active++;
     e->active++;
     return c;
 fail:
