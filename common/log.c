@@ -1,6 +1,8 @@
 /* log: leveled stderr logging in JSON or text; one write(2) per line so threads never interleave. */
 #include "common/log.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -76,12 +78,103 @@ static void put_field(struct buf *b, const char *name, const char *value)
     }
 }
 
+static void write_all(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(STDERR_FILENO, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;     /* stderr gone: nothing better to do with a log line */
+        p += k;
+        n -= (size_t)k;
+    }
+}
+
+/* Asynchronous mode (the daemon): lines go to a buffer that a writer thread drains, so a slow
+ * stderr reader (journald under load, a full pipe) never stalls an event loop. Past
+ * LOG_BACKLOG_MAX unwritten bytes, lines are dropped and counted, never waited for. */
+#define LOG_BACKLOG_MAX (4u << 20)
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t writer;
+    struct buf pending;
+    unsigned long dropped;
+    bool running, stopping;
+} async_log = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static void *log_writer(void *arg)
+{
+    struct buf out = BUF_INIT;
+    pthread_mutex_lock(&async_log.lock);
+    for (;;) {
+        while (!async_log.pending.len && !async_log.dropped && !async_log.stopping)
+            pthread_cond_wait(&async_log.wake, &async_log.lock);
+        if (!async_log.pending.len && !async_log.dropped && async_log.stopping)
+            break;
+        struct buf take = async_log.pending;      /* swap: write without the lock */
+        async_log.pending = out;
+        out = take;
+        unsigned long dropped = async_log.dropped;
+        async_log.dropped = 0;
+        pthread_mutex_unlock(&async_log.lock);
+        if (dropped) {
+            char note[96];
+            int n = snprintf(note, sizeof note, "log: %lu line(s) dropped: stderr too slow\n",
+                             dropped);
+            write_all(note, (size_t)n);
+        }
+        write_all(out.data, out.len);
+        buf_reset(&out);
+        pthread_mutex_lock(&async_log.lock);
+    }
+    pthread_mutex_unlock(&async_log.lock);
+    buf_free(&out);
+    return NULL;
+}
+
+int log_start_async(void)
+{
+    pthread_mutex_lock(&async_log.lock);
+    int rc = async_log.running ? 0 : pthread_create(&async_log.writer, NULL, log_writer, NULL);
+    async_log.running = async_log.running || rc == 0;
+    pthread_mutex_unlock(&async_log.lock);
+    return rc == 0 ? 0 : -1;
+}
+
+void log_stop_async(void)
+{
+    pthread_mutex_lock(&async_log.lock);
+    bool running = async_log.running;
+    async_log.stopping = true;
+    pthread_cond_signal(&async_log.wake);
+    pthread_mutex_unlock(&async_log.lock);
+    if (running)
+        pthread_join(async_log.writer, NULL);
+    async_log.running = async_log.stopping = false;
+    buf_free(&async_log.pending);
+}
+
 static void emit(struct buf *b)
 {
     buf_puts(b, log_fmt == LOG_FORMAT_JSON ? "}\n" : "\n");
-    if (b->data) {
-        ssize_t rc = write(STDERR_FILENO, b->data, b->len);
-        (void)rc;
+    if (!b->data) {
+        buf_free(b);
+        return;
+    }
+    pthread_mutex_lock(&async_log.lock);
+    if (async_log.running) {
+        if (async_log.pending.len + b->len <= LOG_BACKLOG_MAX &&
+            buf_append(&async_log.pending, b->data, b->len) == 0)
+            pthread_cond_signal(&async_log.wake);
+        else
+            async_log.dropped++;
+        pthread_mutex_unlock(&async_log.lock);
+    } else {
+        pthread_mutex_unlock(&async_log.lock);
+        write_all(b->data, b->len);   /* start-up, -t, tests: one write(2) per line */
     }
     buf_free(b);
 }

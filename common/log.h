@@ -24,4 +24,9 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 void log_fields(enum log_level level, const char *msg, ...) __attribute__((sentinel));
 
 int log_level_parse(const char *s, enum log_level *out);
+
+/* From now on lines are written by a helper thread (the daemon's loops never block on
+ * stderr); log_stop_async flushes what is pending and joins it. */
+int log_start_async(void);
+void log_stop_async(void);
 #endif

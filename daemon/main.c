@@ -178,6 +178,7 @@ static int run(struct daemon_state *d, struct conf *c)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    log_start_async();      /* after the mask: the writer thread never takes a signal */
     d->loop = ev_default_loop(EVFLAG_AUTO);
     unsigned n = worker_count(c);
     if (server_start(&d->srv, c, n, d->loop, &d->worker_exit) < 0) {
@@ -231,5 +232,6 @@ int main(int argc, char **argv)
     server_free(&d.srv);
     conf_unref(c);
     curl_global_cleanup();
+    log_stop_async();
     return rc;
 }

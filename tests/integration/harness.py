@@ -330,4 +330,6 @@ class Case(unittest.TestCase):
             raise AssertionError("llmuxd exited with %s; log:\n%s" % (rc, cls.d.logs()[-4000:]))
 
     def setUp(self):
+        # Let the previous test's aborted upstream calls land before the counters are zeroed.
+        self.mock.wait_stats(lambda s: s["inflight"] == 0, 2)
         self.mock.reset()
