@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_scan.h"
 #include "daemon/router.h"
 #include "daemon/worker.h"
 
@@ -19,7 +20,9 @@ struct gather_item {
     struct request *req;        /* NULL until started */
     json_t *body;               /* until started */
     enum endpoint ep;
-    json_t *entry;              /* {"index","status","response"|"error"} once done */
+    struct buf entry;           /* {"index","status","response"|"error"} as JSON text, once
+                                 * done: answers are spliced in as they came, never re-parsed */
+    size_t value_off, value_len;    /* the response or error object inside entry */
     int status;
     bool done;
 };
@@ -230,12 +233,28 @@ void gather_start(struct request *r, json_t *body)
     advance(g);
 }
 
-static json_t *entry_error(int status, const char *type, const char *code, const char *msg,
-                           size_t index)
+static void set_entry(struct gather_item *it, size_t index, int status, const char *key,
+                      const char *value, size_t len)
 {
-    return json_pack("{s:I, s:i, s:{s:s, s:s, s:n, s:s}}", "index", (json_int_t)index,
-                     "status", status, "error", "message", msg, "type", type, "param",
-                     "code", code);
+    buf_reset(&it->entry);
+    buf_printf(&it->entry, "{\"index\":%zu,\"status\":%d,\"%s\":", index, status, key);
+    it->value_off = it->entry.len;
+    it->value_len = len;
+    buf_append(&it->entry, value, len);
+    buf_puts(&it->entry, "}");
+    it->status = status;
+}
+
+/* An entry the gateway writes itself (timeouts, cancellations, refusals). */
+static void entry_error(struct gather_item *it, int status, const char *type, const char *code,
+                        const char *msg, size_t index)
+{
+    json_t *e = json_pack("{s:s, s:s, s:n, s:s}", "message", msg, "type", type, "param",
+                          "code", code);
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    set_entry(it, index, status, "error", text ? text : "{}", text ? strlen(text) : 2);
+    free(text);
+    json_decref(e);
 }
 
 static void start_item(struct gather *g, size_t i)
@@ -246,8 +265,7 @@ static void start_item(struct gather *g, size_t i)
                        : it->ep == EP_COMPLETIONS ? ROUTE_COMPLETIONS : ROUTE_CHAT;
     struct request *r = request_new(p->w, p->conf, &item_sink, g, route);
     if (!r) {
-        it->entry = entry_error(503, "server_error", "overloaded", "out of memory", i);
-        it->status = 503;
+        entry_error(it, 503, "server_error", "overloaded", "out of memory", i);
         it->done = true;
         g->ndone++;
         g->failed++;
@@ -275,35 +293,43 @@ static void start_item(struct gather *g, size_t i)
     router_start_upstream(r, body, prefix);
 }
 
-/* A child answered: keep its answer as the item's entry. */
+/* A child answered: its body goes into the item's entry as it came (it was checked on the way
+ * in); only `usage` is read, and an error's code rewritten when the item's deadline hit. */
 static void item_respond(struct request *r, int status, const char *body, size_t len)
 {
     struct gather *g = r->owner;
     struct gather_item *it = &g->items[r->gather_index];
-    json_t *j = json_loadb(body, len, 0, NULL);
-    it->status = status;
+    size_t idx = r->gather_index, start, end;
     if (status >= 200 && status < 300) {
-        openai_usage(j, &g->prompt_tokens, &g->completion_tokens);
-        it->entry = json_pack("{s:I, s:i, s:o}", "index", (json_int_t)r->gather_index,
-                              "status", status, "response", j ? j : json_null());
+        openai_usage_text(body, len, &g->prompt_tokens, &g->completion_tokens);
+        bool object = json_scan_object(body, len) == 0;
+        set_entry(it, idx, status, "response", object ? body : "null", object ? len : 4);
         return;
     }
-    json_t *err = json_incref(json_object_get(j, "error"));
-    json_decref(j);
-    if (status == 504 && r->deadline_at && ev_now(r->w->loop) >= r->deadline_at - 0.001)
+    bool timed_out = status == 504 && r->deadline_at &&
+                     ev_now(r->w->loop) >= r->deadline_at - 0.001;
+    if (json_scan_member(body, len, "error", &start, &end) < 0) {
+        set_entry(it, idx, status, "error", "{}", 2);
+    } else if (!timed_out) {
+        set_entry(it, idx, status, "error", body + start, end - start);
+    } else {
+        json_t *err = json_loadb(body + start, end - start, 0, NULL);
         json_object_set_new(err, "code", json_string("item_timeout"));
-    it->entry = json_pack("{s:I, s:i, s:o}", "index", (json_int_t)r->gather_index, "status",
-                          status, "error", err ? err : json_object());
+        char *text = err ? json_dumps(err, JSON_COMPACT) : NULL;
+        set_entry(it, idx, status, "error", text ? text : "{}", text ? strlen(text) : 2);
+        free(text);
+        json_decref(err);
+    }
 }
 
-static void emit(struct gather *g, const char *event, json_t *data)
+static void emit(struct gather *g, const char *event, const char *data, size_t len)
 {
-    char *text = json_dumps(data, JSON_COMPACT);
     struct buf ev = BUF_INIT;
-    buf_printf(&ev, "event: %s\ndata: %s\n\n", event, text ? text : "{}");
+    buf_printf(&ev, "event: %s\ndata: ", event);
+    buf_append(&ev, data, len);
+    buf_puts(&ev, "\n\n");
     request_stream_data(g->parent, ev.data, ev.len);
     buf_free(&ev);
-    free(text);
 }
 
 static void item_ended(struct request *r)
@@ -314,10 +340,8 @@ static void item_ended(struct request *r)
     g->running--;
     it->done = true;
     g->ndone++;
-    if (!it->entry) {   /* ended without an answer: cancelled by the gather itself */
-        it->status = 499;
-        it->entry = entry_error(499, "cancelled", "cancelled", "cancelled", r->gather_index);
-    }
+    if (!it->entry.len)     /* ended without an answer: cancelled by the gather itself */
+        entry_error(it, 499, "cancelled", "cancelled", "cancelled", r->gather_index);
     bool ok = it->status >= 200 && it->status < 300;
     if (ok) {
         g->succeeded++;
@@ -333,72 +357,93 @@ static void item_ended(struct request *r)
     if (!ok && !g->return_exceptions && g->mode == MODE_ALL && g->failure < 0)
         g->failure = r->gather_index;
     if (g->stream && g->mode == MODE_ALL)
-        emit(g, "result", it->entry);     /* mode first: only the winner, from finish() */
+        emit(g, "result", it->entry.data, it->entry.len);   /* mode first: from finish() */
     advance(g);
 }
 
-static json_t *summary(struct gather *g)
+/* Writes the summary members (no braces): succeeded, failed, usage, elapsed_ms. */
+static void put_summary(struct gather *g, struct buf *out)
 {
     struct request *p = g->parent;
-    double ms = (ev_now(p->w->loop) - p->started) * 1000.0;
-    return json_pack("{s:s, s:I, s:I, s:{s:I, s:I, s:I}, s:I}", "object", "gather.result",
-                     "succeeded", (json_int_t)g->succeeded, "failed", (json_int_t)g->failed,
-                     "usage", "prompt_tokens", (json_int_t)g->prompt_tokens,
-                     "completion_tokens", (json_int_t)g->completion_tokens, "total_tokens",
-                     (json_int_t)(g->prompt_tokens + g->completion_tokens),
-                     "elapsed_ms", (json_int_t)ms);
+    long ms = (long)((ev_now(p->w->loop) - p->started) * 1000.0);
+    buf_printf(out, "\"succeeded\":%zu,\"failed\":%zu,\"usage\":{\"prompt_tokens\":%ld,"
+               "\"completion_tokens\":%ld,\"total_tokens\":%ld},\"elapsed_ms\":%ld",
+               g->succeeded, g->failed, g->prompt_tokens, g->completion_tokens,
+               g->prompt_tokens + g->completion_tokens, ms);
+}
+
+static void reply(struct request *p, int status, struct buf *body)
+{
+    request_respond(p, status, body->data, body->len);
+    buf_free(body);
+    request_end(p, OUTCOME_COMPLETED);
+}
+
+static void stream_done(struct gather *g)
+{
+    struct buf s = BUF_INIT;
+    buf_puts(&s, "{\"object\":\"gather.result\",");
+    put_summary(g, &s);
+    buf_puts(&s, "}");
+    emit(g, "done", s.data, s.len);
+    buf_free(&s);
+    request_stream_end(g->parent, true);
+    request_end(g->parent, OUTCOME_COMPLETED);
 }
 
 /* The gather's answer when one item decides it (fail-fast failure, first winner, none won). */
 static void finish_decided(struct gather *g, struct gather_item *it, size_t index)
 {
-    struct request *p = g->parent;
-    json_t *body;
+    struct buf body = BUF_INIT;
     int status = it ? it->status : 502;
     bool won = it && status >= 200 && status < 300;
-    if (won) {
-        /* The winner's completion is the answer; a stream sends its entry as the result. */
-        body = json_incref(g->stream ? it->entry : json_object_get(it->entry, "response"));
+    if (won && g->stream) {
+        buf_append(&body, it->entry.data, it->entry.len);   /* the result event is the entry */
+    } else if (won) {
+        buf_append(&body, it->entry.data + it->value_off, it->value_len);   /* the completion */
     } else {
-        json_t *err = it ? json_incref(json_object_get(it->entry, "error")) : NULL;
-        if (!err)
-            err = json_pack("{s:s, s:s, s:n, s:s}", "message", "no item succeeded", "type",
-                            "upstream_error", "param", "code", "all_failed");
+        buf_puts(&body, "{\"error\":");
+        if (it)
+            buf_append(&body, it->entry.data + it->value_off, it->value_len);
+        else
+            buf_puts(&body, "{\"message\":\"no item succeeded\",\"type\":\"upstream_error\","
+                            "\"param\":null,\"code\":\"all_failed\"}");
+        buf_printf(&body, ",\"index\":%zu}", index);
         if (g->mode == MODE_FIRST)      /* none won: 504 when the last failure was a timeout */
             status = status == 504 ? 504 : 502;
         else if (status < 400 || status == 499)
             status = 502;
-        body = json_pack("{s:o, s:I}", "error", err, "index", (json_int_t)index);
     }
     if (g->stream) {
-        emit(g, won ? "result" : "error", body);
-        json_t *s = summary(g);
-        emit(g, "done", s);
-        json_decref(s);
-        json_decref(body);
-        request_stream_end(p, true);
-        request_end(p, OUTCOME_COMPLETED);
+        emit(g, won ? "result" : "error", body.data, body.len);
+        buf_free(&body);
+        stream_done(g);
         return;
     }
-    request_reply_json(p, status, body);
+    reply(g->parent, status, &body);
 }
 
 static void finish_all(struct gather *g)
 {
-    struct request *p = g->parent;
-    json_t *s = summary(g);
     if (g->stream) {
-        emit(g, "done", s);
-        json_decref(s);
-        request_stream_end(p, true);
-        request_end(p, OUTCOME_COMPLETED);
+        stream_done(g);
         return;
     }
-    json_t *results = json_array();
+    struct buf body = BUF_INIT;
+    size_t total = 128;
     for (size_t i = 0; i < g->n; i++)
-        json_array_append(results, g->items[i].entry);
-    json_object_set_new(s, "results", results);
-    request_reply_json(p, 200, s);
+        total += g->items[i].entry.len + 1;
+    buf_reserve(&body, total);
+    buf_puts(&body, "{\"object\":\"gather.result\",");
+    put_summary(g, &body);
+    buf_puts(&body, ",\"results\":[");
+    for (size_t i = 0; i < g->n; i++) {
+        if (i)
+            buf_puts(&body, ",");
+        buf_append(&body, g->items[i].entry.data, g->items[i].entry.len);
+    }
+    buf_puts(&body, "]}");
+    reply(g->parent, 200, &body);
 }
 
 static void finish(struct gather *g)
@@ -446,9 +491,8 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         struct gather_item *it = &g->items[i];
         if (it->done)
             continue;
-        it->status = 504;
-        it->entry = entry_error(504, "timeout_error", "gather_timeout",
-                                "the gather's timeout_ms passed before this item finished", i);
+        entry_error(it, 504, "timeout_error", "gather_timeout",
+                    "the gather's timeout_ms passed before this item finished", i);
         if (!it->req) {     /* never started */
             it->done = true;
             g->ndone++;
@@ -481,7 +525,7 @@ void gather_free(struct gather *g)
     for (size_t i = 0; i < g->n; i++) {
         request_free(g->items[i].req);
         json_decref(g->items[i].body);
-        json_decref(g->items[i].entry);
+        buf_free(&g->items[i].entry);
     }
     free(g->items);
     free(g);

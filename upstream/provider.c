@@ -1,6 +1,8 @@
 /* provider: codec table (OpenAI pass-through, Anthropic translation) and shared error helpers. */
 #include "upstream/provider.h"
 
+#include "common/json_scan.h"
+
 #include <string.h>
 
 extern const struct codec_ops codec_openai;
@@ -38,4 +40,15 @@ void openai_usage(const json_t *obj, long *prompt, long *completion)
         *prompt += (long)json_integer_value(p);
     if (json_is_integer(c))
         *completion += (long)json_integer_value(c);
+}
+
+void openai_usage_text(const char *body, size_t len, long *prompt, long *completion)
+{
+    size_t start, end;
+    if (json_scan_member(body, len, "usage", &start, &end) < 0)
+        return;
+    json_t *u = json_loadb(body + start, end - start, 0, NULL);
+    json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
+    openai_usage(wrap, prompt, completion);
+    json_decref(wrap);
 }

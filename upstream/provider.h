@@ -52,5 +52,7 @@ void codec_free(struct codec *c);
 json_t *openai_error(const char *message, const char *type, const char *param, const char *code);
 /* Reads usage.prompt_tokens/completion_tokens from an OpenAI object, when present. */
 void openai_usage(const json_t *obj, long *prompt, long *completion);
+/* The same from JSON text, parsing only its top-level `usage` member. */
+void openai_usage_text(const char *body, size_t len, long *prompt, long *completion);
 
 #endif

@@ -59,15 +59,9 @@ static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in,
 {
     /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
      * cost a fraction of parsing the whole answer. */
-    size_t start, end;
     if (json_scan_object(in, len) < 0)
         return -1;
-    if (json_scan_member(in, len, "usage", &start, &end) == 0) {
-        json_t *u = json_loadb(in + start, end - start, 0, NULL);
-        json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
-        openai_usage(wrap, &c->prompt_tokens, &c->completion_tokens);
-        json_decref(wrap);
-    }
+    openai_usage_text(in, len, &c->prompt_tokens, &c->completion_tokens);
     return 0;
 }
 
