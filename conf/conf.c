@@ -304,6 +304,7 @@ static void conf_free(struct conf *c)
         struct conf_upstream *u = &c->upstreams[i];
         free(u->name);
         free(u->base_url);
+        free(u->ca_file);
         if (u->api_key) {
             explicit_bzero(u->api_key, strlen(u->api_key));
             free(u->api_key);

@@ -28,6 +28,8 @@ struct conf_upstream {
     unsigned max_connections;       /* default 512 */
     uint64_t timeout_ms;            /* default 120s */
     uint64_t max_response_bytes;    /* default 64m: cap on a buffered upstream answer */
+    char *ca_file;                  /* PEM bundle to verify https upstreams; NULL = system's */
+    bool tls_verify;                /* default true; false only for a lab upstream */
 };
 
 struct conf_target {

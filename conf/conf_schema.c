@@ -264,6 +264,8 @@ static const struct field upstream_fields[] = {
     {"max_connections", conf_field_count, U(max_connections), 1, UINT_MAX, false, NULL, 0},
     {"timeout", conf_field_duration, U(timeout_ms), 1, 0, false, NULL, 0},
     {"max_response_bytes", conf_field_size, U(max_response_bytes), 1, 0, false, NULL, 0},
+    {"ca_file", conf_field_string, U(ca_file), 0, 0, false, NULL, 0},
+    {"tls_verify", conf_field_bool, U(tls_verify), 0, 0, false, NULL, 0},
 };
 
 static void upstream_init(void *item)
@@ -273,6 +275,7 @@ static void upstream_init(void *item)
     u->max_connections = 512;
     u->timeout_ms = 120000;
     u->max_response_bytes = 64u << 20;
+    u->tls_verify = true;
 }
 
 static int field_upstreams(struct conf_ctx *x, const struct ynode *v, const char *path,

@@ -270,6 +270,8 @@ static int launch(struct proxy *p)
     spec.connect_timeout_ms = r->conf->timeouts.connect_ms;
     spec.timeout_ms = up->timeout_ms;
     spec.max_response_bytes = r->stream ? 0 : up->max_response_bytes;
+    spec.ca_file = up->ca_file;
+    spec.tls_verify = up->tls_verify;
     p->call = call_start(r->w->engine, &spec, &proxy_call_ops, p);
     buf_free(&url);
     if (!p->call)

@@ -338,6 +338,12 @@ static void set_options(struct call *c, const struct call_spec *spec)
     if (strncmp(spec->url, "https:", 6) == 0)
         curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (spec->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, spec->ca_file);
+    if (!spec->tls_verify) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     if (spec->max_response_bytes)
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
 }

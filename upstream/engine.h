@@ -5,6 +5,7 @@
 
 #include <curl/curl.h>
 #include <ev.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,8 @@ struct call_spec {
     uint64_t connect_timeout_ms;
     uint64_t timeout_ms;            /* whole attempt; 0 = none */
     uint64_t max_response_bytes;    /* 0 = none */
+    const char *ca_file;            /* NULL: the system's CA store */
+    bool tls_verify;                /* false: no certificate or host name check */
 };
 
 /* max_host_connections: cap per upstream host (0 = none); max_cached: idle connections kept
