@@ -200,11 +200,6 @@ void engine_free(struct engine *e)
     free(e);
 }
 
-unsigned engine_active(const struct engine *e)
-{
-    return e->active;
-}
-
 static CURL *easy_get(struct engine *e)
 {
     if (e->npool) {
@@ -403,19 +398,9 @@ void call_cancel(struct call *c)
         call_free(c);
 }
 
-void call_pause(struct call *c)
-{
-    curl_easy_pause(c->easy, CURLPAUSE_RECV);
-}
-
 void call_resume(struct call *c)
 {
     curl_easy_pause(c->easy, CURLPAUSE_CONT);
-}
-
-double call_elapsed_ms(const struct call *c)
-{
-    return (ev_now(c->e->loop) - c->started) * 1000.0;
 }
 
 static enum call_result map_result(const struct call *c, CURLcode rc)

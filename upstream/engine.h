@@ -49,7 +49,6 @@ struct call_spec {
 struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached);
 /* Every call must have ended or been cancelled before. */
 void engine_free(struct engine *e);
-unsigned engine_active(const struct engine *e);
 
 /* NULL only when memory or curl refuse; spec's owned pieces are freed either way. */
 struct call *call_start(struct engine *e, const struct call_spec *spec,
@@ -57,9 +56,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
 /* Synchronous and idempotent from the caller's view: no callback of this call runs afterwards
  * and the caller must forget the pointer. The transfer is aborted (its connection closed). */
 void call_cancel(struct call *c);
-void call_pause(struct call *c);
+/* Resumes a call whose on_data answered CALL_PAUSE; the held bytes may arrive at once. */
 void call_resume(struct call *c);
-/* Milliseconds since start, to first byte, and the primary IP reached. */
-double call_elapsed_ms(const struct call *c);
 
 #endif

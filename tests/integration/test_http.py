@@ -28,14 +28,21 @@ class HttpTest(Case):
     daemon_kwargs = {"header_timeout": "300ms", "body_timeout": "300ms"}
 
     def test_keepalive_reuses_connection(self):
+        before = self.d.metrics()["llmux_connections_accepted_total"]
         c = self.d.conn()
         for i in range(3):
             c.request("POST", "/v1/chat/completions", body=CHAT)
             r = c.getresponse()
             self.assertEqual(r.status, 200)
+            self.assertNotIn("connection", {k.lower() for k, _ in r.getheaders()})
             r.read()
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        text = r.read().decode()
         c.close()
-        self.assertEqual(self.d.metrics()["llmux_connections_accepted_total"] >= 1, True)
+        after = [l for l in text.splitlines() if l.startswith("llmux_connections_accepted_total")]
+        # the first scrape counted its own connection; all four requests here share one more
+        self.assertEqual(float(after[0].split()[1]), before + 1)
 
     def test_pipelined_requests_answered_in_order(self):
         bodies = [json.dumps(chat_body("n%d @mock:delay=%d" % (i, d))).encode()
