@@ -7,12 +7,14 @@ DESTDIR ?=
 SAN     ?=
 FUZZ_SECONDS ?= 30
 PYTHON  ?= python3
+VERSION := $(shell cat VERSION)
 
 PKG_CFLAGS := $(shell pkg-config --cflags libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
 WARN    = -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -I. $(WARN) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DLLMUX_VERSION='"$(VERSION)"' -I. $(WARN) $(CFLAGS) \
+             $(PKG_CFLAGS) -MMD -MP
 ALL_LDFLAGS = $(LDFLAGS)
 ifeq ($(SAN),1)
 ALL_CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -43,6 +45,9 @@ all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# The files that print the version rebuild when VERSION changes.
+$(call obj,daemon/main.c daemon/metrics.c client/cli.c client/http.c): VERSION
 
 $(BUILD)/libllmux.a: $(LIB_OBJS)
 	@rm -f $@

@@ -10,10 +10,6 @@
 
 #include <jansson.h>
 
-#ifndef LLMUX_VERSION
-#define LLMUX_VERSION "0.1.0"
-#endif
-
 #define CLI_DEFAULT_URL "http://127.0.0.1:8420"
 
 enum cli_exit {

@@ -15,11 +15,8 @@
 
 #include "common/log.h"
 #include "conf/conf.h"
+#include "daemon/router.h"
 #include "daemon/worker.h"
-
-#ifndef LLMUX_VERSION
-#define LLMUX_VERSION "0.1.0"
-#endif
 
 struct daemon_state {
     struct server srv;
@@ -34,10 +31,41 @@ struct daemon_state {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: llmuxd [-c FILE] [-t] [-h] [-V]\n"
-               "  -c FILE  configuration (default /etc/llmux/llmux.yaml)\n"
-               "  -t       check the configuration and exit (0 valid, 1 invalid)\n"
-               "  -V       print the version\n");
+    fprintf(f, "Usage: llmuxd [-c FILE] [-t] [-h] [-V]\n"
+               "  -c, --config FILE  configuration (default /etc/llmux/llmux.yaml)\n"
+               "  -t, --test         check the configuration and exit (0 valid, 1 invalid)\n"
+               "  -h, --help         print this help and exit\n"
+               "  -V, --version      print the version and exit\n");
+}
+
+enum { OPT_ROUTES = 0x100 };
+
+/* Returns -1 to go on and serve (or check), else the exit status. --routes is for the docs
+ * test and tools (see llmuxd(8)); it needs no configuration. */
+static int parse_args(int argc, char **argv, struct daemon_state *d, bool *test_only)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, 'V'},
+        {"routes", no_argument, NULL, OPT_ROUTES}, {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:thV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': d->path = optarg; break;
+        case 't': *test_only = true; break;
+        case 'V': printf("llmuxd %s\n", LLMUX_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        case OPT_ROUTES: router_print_routes(stdout); return 0;
+        default: usage(stderr); return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "llmuxd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 1;
+    }
+    return -1;
 }
 
 static unsigned worker_count(const struct conf *c)
@@ -204,16 +232,9 @@ int main(int argc, char **argv)
     memset(&d, 0, sizeof d);
     d.path = "/etc/llmux/llmux.yaml";
     bool test_only = false;
-    int opt;
-    while ((opt = getopt(argc, argv, "c:thV")) != -1) {
-        switch (opt) {
-        case 'c': d.path = optarg; break;
-        case 't': test_only = true; break;
-        case 'V': printf("llmuxd %s\n", LLMUX_VERSION); return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 1;
-        }
-    }
+    int done = parse_args(argc, argv, &d, &test_only);
+    if (done >= 0)
+        return done;
     char err[512];
     struct conf *c = conf_load(d.path, err, sizeof err);
     if (!c) {

@@ -5,10 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#ifndef LLMUX_VERSION
-#define LLMUX_VERSION "0.1.0"
-#endif
-
 static const int status_codes[METRICS_STATUS_SLOTS] = {
     0, 200, 202, 400, 401, 403, 404, 405, 408, 413, 414, 429, 431, 502, 503, 504,
 };

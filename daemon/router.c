@@ -31,6 +31,18 @@ static const struct route routes[] = {
     {"/metrics", HTTP_GET, "GET", ROUTE_METRICS, false},
 };
 
+/* One "METHOD PATH" line per route, in table order: `llmuxd --routes`, which the docs test
+ * compares with docs/openapi.yaml so that a new route can't land undocumented. */
+void router_print_routes(FILE *f)
+{
+    static const char *const names[] = {
+        [HTTP_GET] = "GET", [HTTP_HEAD] = "HEAD", [HTTP_POST] = "POST", [HTTP_PUT] = "PUT",
+        [HTTP_DELETE] = "DELETE", [HTTP_OPTIONS] = "OPTIONS", [HTTP_PATCH] = "PATCH",
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        fprintf(f, "%s %s\n", names[routes[i].method], routes[i].path);
+}
+
 static void fail400(struct request *r, const char *param, const char *code, const char *msg)
 {
     request_fail(r, 400, "invalid_request_error", code, param, msg, OUTCOME_REJECTED);

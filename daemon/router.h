@@ -4,6 +4,7 @@
 #define LLMUX_ROUTER_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
@@ -16,5 +17,8 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
 /* Shared with gather items: validates a chat-like body against the request's key and config and
  * starts it (steals body). param is the prefix used in error messages ("" or "requests[3]."). */
 void router_start_upstream(struct request *r, json_t *body, const char *param_prefix);
+
+/* Prints the route table, one "METHOD PATH" line per route (llmuxd --routes). */
+void router_print_routes(FILE *f);
 
 #endif

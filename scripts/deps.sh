@@ -1,22 +1,33 @@
 #!/bin/sh
-# Installs the Debian packages llmux needs to build and test, only those missing.
-# As root it runs apt-get; otherwise it names what is missing and fails.
+# Installs what llmux needs to build and test, only what is missing: Debian packages (as root
+# it runs apt-get; otherwise it names what is missing and fails), then the OpenAPI validator
+# that the docs test runs, from npm into tests/openapi/ (pinned by its package-lock.json).
+# Afterwards building and testing need no network.
 set -e
+cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libev-dev libcurl4-openssl-dev
-libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev curl python3 systemd"
+libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev curl python3 python3-yaml
+python3-jsonschema systemd"
+# Node.js runs the validator; a machine with npm from elsewhere keeps its own.
+command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
         missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-    echo "llmux: missing Debian packages:$missing" >&2
-    echo "llmux: run as root, or: sudo apt-get install$missing" >&2
-    exit 1
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "llmux: missing Debian packages:$missing" >&2
+        echo "llmux: run as root, or: sudo apt-get install$missing" >&2
+        exit 1
+    fi
+    echo "llmux: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-echo "llmux: installing$missing"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+if [ ! -x tests/openapi/node_modules/.bin/validate-api ]; then
+    echo "llmux: installing the OpenAPI validator (npm ci in tests/openapi)"
+    npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error >/dev/null
+fi
