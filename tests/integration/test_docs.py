@@ -273,6 +273,14 @@ class Links(unittest.TestCase):
             for bad in ("../shared", "/work/"):
                 self.assertFalse(bad in text, "%s names %s" % (f, bad))
 
+    def test_no_link_to_the_web(self):
+        """Docs stand alone: no Markdown link leaves the repository (plain example URLs in
+        code, like a config's base_url, are not links)."""
+        for f in doc_files():
+            if f.endswith(".md"):
+                self.assertEqual(re.findall(r"\]\((?:https?|ftp):[^)]*\)|<https?:[^>]*>",
+                                            read(f)), [], f)
+
     def test_relative_markdown_links_resolve(self):
         for f in doc_files():
             if not f.endswith(".md"):
