@@ -38,7 +38,7 @@ LLMUXD = $(BUILD)/llmuxd
 LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
 
-.PHONY: all deps run test unit integration asan fuzz bench clean install
+.PHONY: all deps test-deps run test unit integration asan fuzz bench clean install
 .SECONDARY:
 all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS)
 
@@ -69,6 +69,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libllmux.a
 deps:
 	@sh scripts/deps.sh
 
+test-deps:
+	@sh scripts/deps.sh --test
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@sh scripts/run-demo.sh $(BUILD)
@@ -79,11 +82,11 @@ unit: $(UNIT_BINS)
 integration: $(LLMUXD) $(LLMUX) $(MOCK)
 	$(PYTHON) tests/integration/run.py --build $(BUILD)
 
-test: deps
+test: test-deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit integration
 
-asan: deps
+asan: test-deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 CFLAGS="-O1 -g" all unit integration
 
 FUZZ_CC = clang -std=c11 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined

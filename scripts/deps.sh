@@ -1,15 +1,17 @@
 #!/bin/sh
-# Installs what llmux needs to build and test, only what is missing: Debian packages (as root
-# it runs apt-get; otherwise it names what is missing and fails), then the OpenAPI validator
-# that the docs test runs, from npm into tests/openapi/ (pinned by its package-lock.json).
-# Afterwards building and testing need no network.
+# Installs what llmux needs to build and run, only what is missing: Debian packages (as root
+# it runs apt-get; otherwise it names what is missing and fails). With --test it also installs
+# what the tests need: Node.js and the OpenAPI validator the docs test runs, from npm into
+# tests/openapi/ (pinned by its package-lock.json). Afterwards nothing needs the network.
 set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libev-dev libcurl4-openssl-dev
 libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev curl python3 python3-yaml
 python3-jsonschema systemd"
+TESTING=""
+[ "${1:-}" = "--test" ] && TESTING=1
 # Node.js runs the validator; a machine with npm from elsewhere keeps its own.
-command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
+[ -n "$TESTING" ] && ! command -v npm >/dev/null 2>&1 && PKGS="$PKGS nodejs npm"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -27,7 +29,7 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-if [ ! -x tests/openapi/node_modules/.bin/validate-api ]; then
+if [ -n "$TESTING" ] && [ ! -x tests/openapi/node_modules/.bin/validate-api ]; then
     echo "llmux: installing the OpenAPI validator (npm ci in tests/openapi)"
     npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error >/dev/null
 fi
