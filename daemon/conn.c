@@ -3,7 +3,9 @@
  * request runs the socket stays watched for EOF, so a client that goes away cancels its work. */
 #include "daemon/conn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,7 @@ struct conn {
     struct http_chunked chunked;
     unsigned char state;
     bool close_after, above_high, chunked_body, reading, broken;
+    char peer[REQUEST_CLIENT_MAX];  /* "addr:port", "[v6]:port" or "unix" */
 };
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents);
@@ -96,7 +99,24 @@ static void reading(struct conn *c, bool on)
         ev_io_stop(c->w->loop, &c->rio);
 }
 
-void conn_accept(struct worker *w, int fd)
+/* Formatted once per connection, so each access-log line costs nothing more. */
+static void peer_format(char *out, size_t cap, const struct sockaddr *sa, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "";
+    if (sa && len >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%u", host, (unsigned)ntohs(in->sin_port));
+    } else if (sa && len >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%u", host, (unsigned)ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, cap, "unix");
+    }
+}
+
+void conn_accept(struct worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -105,6 +125,7 @@ void conn_accept(struct worker *w, int fd)
     }
     c->w = w;
     c->fd = fd;
+    peer_format(c->peer, sizeof c->peer, peer, peer_len);
     ev_io_init(&c->rio, on_read, fd, EV_READ);
     ev_io_init(&c->wio, on_write, fd, EV_WRITE);
     ev_timer_init(&c->timer, on_timer, 0., 0.);
@@ -366,6 +387,8 @@ static void dispatch(struct conn *c)
         return;
     }
     c->req = r;
+    const struct http_header *ua = http_find_header(&head, "user-agent");
+    request_set_client(r, c->peer, ua ? ua->value.p : NULL, ua ? ua->value.len : 0);
     enter(c, CONN_BUSY);
     const char *body = c->in.data + c->head_len;
     size_t body_len = (size_t)c->body_len;

@@ -134,9 +134,35 @@ static int parse_item(struct request *r, json_t *it, size_t i, struct gather_ite
     return 0;
 }
 
+/* A misspelt option (max_concurency) would otherwise be ignored without a word, as unknown
+ * config keys are not: the first unknown field is named in a 400. */
+static int check_fields(struct request *r, json_t *body)
+{
+    static const char *const known[] = {"requests", "return_exceptions", "timeout_ms",
+                                        "item_timeout_ms", "max_concurrency", "mode", "stream"};
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v) {
+        size_t i = 0;
+        while (i < sizeof known / sizeof *known && strcmp(key, known[i]) != 0)
+            i++;
+        if (i < sizeof known / sizeof *known)
+            continue;
+        char msg[200], param[64];
+        snprintf(param, sizeof param, "%.63s", key);
+        snprintf(msg, sizeof msg, "unknown gather option '%.60s' (known: requests, mode, "
+                 "stream, return_exceptions, timeout_ms, item_timeout_ms, max_concurrency)", key);
+        fail400(r, param, msg);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_options(struct request *r, struct gather *g, json_t *body)
 {
     const struct conf *c = r->conf;
+    if (check_fields(r, body) < 0)
+        return -1;
     uint64_t conc = c->gather.max_concurrency, timeout = 0, item_timeout = 0;
     if (opt_bool(r, body, "return_exceptions", &g->return_exceptions) < 0 ||
         opt_bool(r, body, "stream", &g->stream) < 0 ||
@@ -276,6 +302,8 @@ static void start_item(struct gather *g, size_t i)
     r->ep = it->ep;
     r->key = p->key;
     r->no_retry = p->no_retry;
+    request_set_client(r, p->client, p->user_agent,
+                       p->user_agent ? strlen(p->user_agent) : 0);
     buf_append(&r->fwd_headers, p->fwd_headers.data, p->fwd_headers.len);
     memcpy(r->method, p->method, sizeof r->method);
     memcpy(r->path, p->path, sizeof r->path);

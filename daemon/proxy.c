@@ -180,6 +180,8 @@ void proxy_cancel(struct proxy *p, enum abort_reason why)
     if (p->call) {
         call_cancel(p->call);
         p->call = NULL;
+        /* the upstream was working until now: the access log's upstream_ms says so */
+        p->r->upstream_ms += (ev_time() - p->call_started) * 1000.0;
         METRIC_INC(p->r->w->m.aborted[why]);
         METRIC_DEC(p->r->w->m.upstream_inflight);
         p->health->inflight--;

@@ -46,6 +46,13 @@ void request_set_deadline(struct request *r, uint64_t ms)
     ev_timer_start(r->w->loop, &r->deadline);
 }
 
+void request_set_client(struct request *r, const char *client, const char *ua, size_t ualen)
+{
+    snprintf(r->client, sizeof r->client, "%s", client ? client : "");
+    free(r->user_agent);
+    r->user_agent = ua ? strndup(ua, ualen < REQUEST_UA_MAX ? ualen : REQUEST_UA_MAX) : NULL;
+}
+
 static void on_deadline(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct request *r = t->data;
@@ -74,7 +81,9 @@ static void access_log(const struct request *r, double elapsed_ms)
     snprintf(ums, sizeof ums, "%.3f", r->upstream_ms);
     snprintf(attempts, sizeof attempts, "%u", r->attempts);
     snprintf(tokens, sizeof tokens, "%ld", r->prompt_tokens + r->completion_tokens);
-    log_fields(LOG_INFO, "access", "request_id", r->id, "key", r->key ? r->key->name : "-",
+    log_fields(LOG_INFO, "access", "request_id", r->id, "client", r->client[0] ? r->client : "-",
+               "user_agent", r->user_agent ? r->user_agent : "-",
+               "key", r->key ? r->key->name : "-",
                "method", r->method, "path", r->path, "model", r->model ? r->model : "-",
                "upstream", r->upstream ? r->upstream : "-", "#status", status, "#bytes", bytes,
                "#latency_ms", ms, "#upstream_ms", ums, "#attempts", attempts,
@@ -126,6 +135,7 @@ void request_free(struct request *r)
     buf_free(&r->body_raw);
     buf_free(&r->fwd_headers);
     free(r->model);
+    free(r->user_agent);
     free(r);
 }
 

@@ -31,6 +31,8 @@ struct sink_ops {
 };
 
 #define REQUEST_ID_MAX 64
+#define REQUEST_CLIENT_MAX 56           /* "[v6 address]:port" */
+#define REQUEST_UA_MAX 256              /* user agents are cut to this many bytes in the log */
 
 struct request {
     struct worker *w;
@@ -44,6 +46,8 @@ struct request {
     char *model;                        /* client's model name (for logs), owned */
     char method[8];
     char path[48];                      /* truncated copy, for logs */
+    char client[REQUEST_CLIENT_MAX];    /* peer address, for logs; "" when not a connection's */
+    char *user_agent;                   /* owned, cut to REQUEST_UA_MAX bytes; NULL = none */
     double started;                     /* ev_now at creation (the deadline's clock) */
     double t0;                          /* ev_time at creation, for latency figures */
     ev_timer deadline;
@@ -76,6 +80,8 @@ struct request {
 struct request *request_new(struct worker *w, struct conf *conf, const struct sink_ops *sink,
                             void *owner, enum route_id route);
 void request_set_deadline(struct request *r, uint64_t ms);
+/* Who asked, for the access log: the peer address and the User-Agent (ua may be NULL). */
+void request_set_client(struct request *r, const char *client, const char *ua, size_t ualen);
 /* Ends the request once: cancels its work, stops its timer, counts and logs it, tells the sink. */
 void request_end(struct request *r, enum outcome o);
 void request_free(struct request *r);

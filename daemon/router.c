@@ -158,18 +158,21 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
         fail400(r, param, "missing_messages", "messages must be an array of messages");
         return;
     }
-    if (r->key && !conf_key_allows_model(r->key, r->model)) {
-        json_decref(body);
-        request_fail(r, 403, "permission_error", "model_not_allowed", NULL,
-                     "this key may not use this model", OUTCOME_REJECTED);
-        return;
-    }
+    /* A model that exists nowhere is 404 for every key; one that exists but is outside the
+     * key's allow-list is 403. Both name the model, so the client knows which one to fix. */
+    char msg[200];
     const struct conf_model *m = conf_find_model(r->conf, r->model);
     if (!m) {
-        char msg[160];
         snprintf(msg, sizeof msg, "the model '%.100s' does not exist", r->model);
         json_decref(body);
         request_fail(r, 404, "invalid_request_error", "model_not_found", "model", msg,
+                     OUTCOME_REJECTED);
+        return;
+    }
+    if (r->key && !conf_key_allows_model(r->key, r->model)) {
+        snprintf(msg, sizeof msg, "this key may not use the model '%.100s'", r->model);
+        json_decref(body);
+        request_fail(r, 403, "permission_error", "model_not_allowed", "model", msg,
                      OUTCOME_REJECTED);
         return;
     }

@@ -47,7 +47,10 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
             accepting(w, false);    /* the rest wait in the kernel backlog */
             return;
         }
-        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof peer;
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &peer_len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* Out of descriptors: pause instead of spinning on a ready listener. */
@@ -67,7 +70,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);     /* fails on unix: ok */
-        conn_accept(w, fd);
+        conn_accept(w, fd, (const struct sockaddr *)&peer, peer_len);
     }
 }
 
