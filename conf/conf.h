@@ -46,6 +46,8 @@ struct conf_model {
     uint64_t backoff_max_ms;        /* default 2s */
     struct conf_target *targets;    /* at least one */
     size_t ntargets;
+    unsigned default_max_tokens;    /* default 4096: max_tokens sent to providers that require
+                                     * one (Anthropic) when the client gave none */
 };
 
 struct conf_key {

@@ -329,6 +329,7 @@ static const struct field model_fields[] = {
     {"name", conf_field_string, M(name), 0, 0, true, NULL, 0},
     {"strategy", conf_field_strategy, M(strategy), 0, 0, false, NULL, 0},
     {"retries", conf_field_count, M(retries), 0, 10, false, NULL, 0},
+    {"default_max_tokens", conf_field_count, M(default_max_tokens), 1, 1000000, false, NULL, 0},
     {"backoff", field_section, 0, 0, 0, false, FIELDS(backoff_fields)},
     {"targets", field_targets, 0, 0, 0, true, NULL, 0},
 };
@@ -340,6 +341,7 @@ static void model_init(void *item)
     m->retries = 2;
     m->backoff_base_ms = 100;
     m->backoff_max_ms = 2000;
+    m->default_max_tokens = 4096;
 }
 
 static int field_models(struct conf_ctx *x, const struct ynode *v, const char *path,

@@ -247,12 +247,13 @@ static int launch(struct proxy *p)
     const char *model = p->target->model ? p->target->model : r->model;
     if (p->codec.ops)
         codec_free(&p->codec);
-    codec_init(&p->codec, up->provider, r->model, (long)time(NULL));
+    codec_init(&p->codec, up->provider, model, (long)time(NULL));
     const char *path = p->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
     struct buf body = BUF_INIT;
-    if (!path || p->codec.ops->encode(r->ep, p->body, &r->body_raw, model, &body, err,
-                                      sizeof err, param, sizeof param) < 0) {
+    if (!path || p->codec.ops->encode(r->ep, p->body, &r->body_raw, model,
+                                      p->model->default_max_tokens, &body, err, sizeof err,
+                                      param, sizeof param) < 0) {
         buf_free(&body);
         p->fail_status = 400;
         p->fail_type = "invalid_request_error";

@@ -8,13 +8,13 @@
 extern const struct codec_ops codec_openai;
 extern const struct codec_ops codec_anthropic;
 
-void codec_init(struct codec *c, enum conf_provider p, const char *client_model, long created)
+void codec_init(struct codec *c, enum conf_provider p, const char *model, long created)
 {
     memset(c, 0, sizeof *c);
     c->ops = p == PROVIDER_ANTHROPIC ? &codec_anthropic : &codec_openai;
-    c->client_model = client_model;
+    c->model = model;
     if (p == PROVIDER_ANTHROPIC)
-        anthropic_stream_init(&c->anthropic, client_model, created);
+        anthropic_stream_init(&c->anthropic, model, created);
 }
 
 void codec_free(struct codec *c)

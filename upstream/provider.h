@@ -16,7 +16,8 @@ enum endpoint { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_COUNT };
 /* Per-call translation state. */
 struct codec {
     const struct codec_ops *ops;
-    const char *client_model;       /* borrowed from the request */
+    const char *model;              /* the model asked of the upstream (borrowed): reported
+                                     * when the upstream's answer names none */
     bool stream_done;               /* the terminal event ([DONE] / message_stop) was relayed */
     long prompt_tokens, completion_tokens;
     struct anthropic_stream anthropic;
@@ -26,11 +27,13 @@ struct codec_ops {
     const char *name;
     /* Path appended to base_url, or NULL when the provider has no such endpoint. */
     const char *(*path)(enum endpoint ep);
-    /* Writes the upstream body for `model` into out. body is the client's parsed body (the
+    /* Writes the upstream body for `model` into out (default_max_tokens: what a provider that
+     * requires max_tokens gets when the client sent none). body is the client's parsed body (the
      * codec may change it), raw its text when known (else NULL) for a copy-free fast path.
      * -1 with err/param (a client error, 400) when the request can't be expressed. */
     int (*encode)(enum endpoint ep, json_t *body, const struct buf *raw, const char *model,
-                  struct buf *out, char *err, size_t errlen, char *param, size_t paramlen);
+                  unsigned default_max_tokens, struct buf *out, char *err, size_t errlen,
+                  char *param, size_t paramlen);
     /* Authentication and provider headers. */
     struct curl_slist *(*auth)(const struct conf_upstream *up, struct curl_slist *h);
     /* A complete 2xx body → OpenAI JSON in out; leaves out empty to mean "relay as is".
@@ -45,7 +48,7 @@ struct codec_ops {
     json_t *(*decode_error)(long status, const char *body, size_t len);
 };
 
-void codec_init(struct codec *c, enum conf_provider p, const char *client_model, long created);
+void codec_init(struct codec *c, enum conf_provider p, const char *model, long created);
 void codec_free(struct codec *c);
 
 /* Shared helpers for codecs and the gateway. */

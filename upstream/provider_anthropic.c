@@ -10,6 +10,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/json_write.h"
+
 /* Bytes of an unrecognised upstream body quoted back in an error message: enough to tell an
  * HTML proxy page from a truncated JSON body, too little to relay a whole document. */
 #define ANTHROPIC_SNIPPET_MAX 200
@@ -28,8 +30,11 @@ static int stream_chunk(struct anthropic_stream *s, json_t *delta, const char *f
 
 /* ---- response --------------------------------------------------------------------------- */
 
-json_t *anthropic_decode_chat(const json_t *msg, const char *client_model)
+json_t *anthropic_decode_chat(const json_t *msg, const char *model)
 {
+    const char *own = json_string_value(json_object_get(msg, "model"));
+    if (own && own[0])
+        model = own;
     const json_t *content = json_object_get(msg, "content");
     if (!json_is_array(content))
         return NULL;
@@ -51,7 +56,7 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *client_model)
                 goto done;
         } else if (type && !strcmp(type, "tool_use")) {
             const json_t *input = json_object_get(b, "input");
-            char *args = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+            char *args = input ? json_write_text(input) : NULL;
             json_t *call = json_pack("{s:s?,s:s,s:{s:s?,s:s}}",
                                      "id", json_string_value(json_object_get(b, "id")),
                                      "type", "function", "function",
@@ -70,7 +75,7 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *client_model)
     res = json_pack("{s:o,s:s,s:I,s:s,s:[{s:i,s:O,s:s}],s:o}",
                     "id", json_sprintf("chatcmpl-%s", id ? id : ""),
                     "object", "chat.completion", "created", (json_int_t)time(NULL),
-                    "model", client_model ? client_model : "",
+                    "model", model ? model : "",
                     "choices", "index", 0, "message", message, "finish_reason",
                     dec_finish(json_string_value(json_object_get(msg, "stop_reason"))),
                     "usage", dec_usage(dec_prompt_tokens(usage),
@@ -192,10 +197,10 @@ done:
 
 /* ---- stream ----------------------------------------------------------------------------- */
 
-void anthropic_stream_init(struct anthropic_stream *s, const char *client_model, long created)
+void anthropic_stream_init(struct anthropic_stream *s, const char *model, long created)
 {
     memset(s, 0, sizeof *s);
-    s->model = strdup(client_model ? client_model : "");
+    s->model = strdup(model ? model : "");
     s->created = created;
 }
 
@@ -250,6 +255,12 @@ static int stream_message_start(struct anthropic_stream *s, const json_t *doc, s
     if (!id)
         return -1;
     snprintf(s->id, sizeof s->id, "chatcmpl-%s", id);
+    const char *own = json_string_value(json_object_get(m, "model"));
+    char *copy = own && own[0] ? strdup(own) : NULL;
+    if (copy) {
+        free(s->model);
+        s->model = copy;
+    }
     const json_t *u = json_object_get(m, "usage");
     s->prompt_tokens = dec_prompt_tokens(u);
     s->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
@@ -349,7 +360,7 @@ static int stream_chunk(struct anthropic_stream *s, json_t *delta, const char *f
                               "choices", "index", 0, "delta", delta, "finish_reason", finish);
     if (!chunk || (usage && json_object_set(chunk, "usage", usage) < 0))
         goto done;
-    text = json_dumps(chunk, JSON_COMPACT);
+    text = json_write_text(chunk);
     if (text && buf_printf(out, "data: %s\n\n", text) == 0)
         rc = 0;
 done:

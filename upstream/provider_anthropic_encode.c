@@ -13,6 +13,7 @@ struct enc {
     size_t errlen;
     char *param;
     size_t paramlen;
+    unsigned default_max_tokens;    /* when the client sent none (Anthropic requires one) */
 };
 
 static int enc_fail(struct enc *e, const char *msg, const char *pfmt, ...)
@@ -40,10 +41,12 @@ static int enc_tool_choice(struct enc *e, const json_t *req, json_t *out);
  * logit_bias, logprobs, top_logprobs, seed, response_format, stream_options (usage is always
  * reported on the last chunk), service_tier, store, and messages' `name`. A client sending them
  * gets what a model that ignores a hint gives, rather than a refusal. */
-json_t *anthropic_encode_chat(const json_t *openai, const char *model, char *err, size_t errlen,
+json_t *anthropic_encode_chat(const json_t *openai, const char *model,
+                              unsigned default_max_tokens, char *err, size_t errlen,
                               char *param, size_t paramlen)
 {
-    struct enc e = {err, errlen, param, paramlen};
+    struct enc e = {err, errlen, param, paramlen,
+                    default_max_tokens ? default_max_tokens : ANTHROPIC_DEFAULT_MAX_TOKENS};
     json_t *out = NULL;
     if (err && errlen)
         err[0] = '\0';
@@ -379,7 +382,7 @@ static int enc_params(struct enc *e, const json_t *req, json_t *out)
         mt = "max_tokens";
         v = json_object_get(req, mt);
     }
-    json_int_t max_tokens = ANTHROPIC_DEFAULT_MAX_TOKENS;
+    json_int_t max_tokens = e->default_max_tokens;
     if (v && !json_is_null(v)) {
         if (!json_is_integer(v) || json_integer_value(v) < 1)
             return enc_fail(e, "max_tokens / max_completion_tokens must be a positive integer",

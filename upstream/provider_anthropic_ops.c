@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_write.h"
 #include "upstream/provider.h"
 
 static const char *anthropic_path(enum endpoint ep)
@@ -12,14 +13,13 @@ static const char *anthropic_path(enum endpoint ep)
 }
 
 static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *raw,
-                            const char *model, struct buf *out, char *err, size_t errlen,
-                            char *param, size_t paramlen)
+                            const char *model, unsigned default_max_tokens, struct buf *out,
+                            char *err, size_t errlen, char *param, size_t paramlen)
 {
-    json_t *msg = anthropic_encode_chat(body, model, err, errlen, param, paramlen);
-    char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_t *msg = anthropic_encode_chat(body, model, default_max_tokens, err, errlen, param,
+                                        paramlen);
+    int rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
     json_decref(msg);
-    int rc = text ? buf_puts(out, text) : -1;
-    free(text);
     return rc;
 }
 
@@ -39,15 +39,13 @@ static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, siz
                           struct buf *out)
 {
     json_t *msg = json_loadb(in, len, 0, NULL);
-    json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->client_model) : NULL;
+    json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->model) : NULL;
     json_decref(msg);
     if (!oa)
         return -1;
     openai_usage(oa, &c->prompt_tokens, &c->completion_tokens);
-    char *text = json_dumps(oa, JSON_COMPACT);
+    int rc = json_write(oa, out);
     json_decref(oa);
-    int rc = text ? buf_puts(out, text) : -1;
-    free(text);
     return rc;
 }
 

@@ -20,8 +20,8 @@ static const char *openai_path(enum endpoint ep)
 /* Only "model" changes. With the client's text at hand, its bytes are spliced around the new
  * value: no tree copy, no re-serialisation, and the body goes upstream as the client wrote it. */
 static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
-                         const char *model, struct buf *out, char *err, size_t errlen,
-                         char *param, size_t paramlen)
+                         const char *model, unsigned default_max_tokens, struct buf *out,
+                         char *err, size_t errlen, char *param, size_t paramlen)
 {
     size_t start, end;
     if (raw && raw->len && json_scan_member(raw->data, raw->len, "model", &start, &end) == 0) {

@@ -4,7 +4,7 @@ import json
 import signal
 import time
 
-from harness import Case, chat_body
+from harness import Case, Daemon, Mock, chat_body
 
 
 def access_lines(d, request_id, timeout=3.0):
@@ -80,3 +80,56 @@ class GatherOptionsTest(Case):
             "return_exceptions": True, "stream": False, "timeout_ms": 5000,
             "item_timeout_ms": 5000})
         self.assertEqual(st, 200, data)
+
+
+class AnswersTest(Case):
+    """One `model` rule for every provider; what reaches an Anthropic upstream."""
+    def test_model_is_the_upstreams_for_both_providers(self):
+        st, _, body = self.d.chat("x", model="m")
+        self.assertEqual((st, body["model"]), (200, "mock-gpt"))
+        st, _, body = self.d.chat("x", model="claude")
+        self.assertEqual((st, body["model"]), (200, "claude-test"))
+
+    def test_streamed_model_is_the_upstreams(self):
+        st, _, data = self.d.request("POST", "/v1/chat/completions",
+                                     chat_body("x", model="claude", stream=True))
+        self.assertEqual(st, 200)
+        chunks = [json.loads(l[6:]) for l in data.decode().splitlines()
+                  if l.startswith("data: {")]
+        self.assertTrue(chunks)
+        self.assertEqual({c["model"] for c in chunks}, {"claude-test"})
+
+    def test_numbers_reach_anthropic_as_written(self):
+        raw = ('{"model":"claude","messages":[{"role":"user","content":"x"}],'
+               '"temperature":0.2,"top_p":0.7}')
+        st, _, _ = self.d.request("POST", "/v1/chat/completions", raw,
+                                  {"Content-Type": "application/json"})
+        self.assertEqual(st, 200)
+        sent = self.mock.last()["body"]
+        self.assertIn('"temperature":0.2,', sent)
+        self.assertIn('"top_p":0.7', sent)
+        self.assertIn('"max_tokens":4096', sent)      # the default when unset
+
+
+MAX_TOKENS_CONFIG = """
+listen: ["127.0.0.1:{port}"]
+upstreams:
+  - {name: claude, provider: anthropic, base_url: "http://127.0.0.1:MOCK", api_key: sk-a}
+models:
+  - name: long
+    default_max_tokens: 16000
+    targets: [{upstream: claude, model: claude-test}]
+"""
+
+
+class DefaultMaxTokensTest(Case):
+    @classmethod
+    def setUpClass(cls):
+        cls.mock = Mock()
+        cls.d = Daemon(cls.mock, text=MAX_TOKENS_CONFIG.replace("MOCK", str(cls.mock.port)))
+
+    def test_model_default_max_tokens(self):
+        self.assertEqual(self.d.chat("x", model="long")[0], 200)
+        self.assertIn('"max_tokens":16000', self.mock.last()["body"])
+        self.assertEqual(self.d.chat("x", model="long", max_tokens=5)[0], 200)
+        self.assertIn('"max_tokens":5', self.mock.last()["body"])

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_write.h"
 #include "upstream/provider_anthropic.h"
 
 static json_t *parse(const char *text)
@@ -41,7 +42,7 @@ static void assert_json_eq(const json_t *got, const char *want_text)
 static json_t *encode(const char *body, char *err, char *param)
 {
     json_t *in = parse(body);
-    json_t *out = anthropic_encode_chat(in, "claude-test", err, 256, param, 64);
+    json_t *out = anthropic_encode_chat(in, "claude-test", 0, err, 256, param, 64);
     json_decref(in);
     return out;
 }
@@ -260,13 +261,43 @@ static void test_encode_errors_name_param(void **state)
     /* Not an object at all: an error, no param. */
     char err[256], param[64];
     json_t *arr = parse("[1]");
-    assert_null(anthropic_encode_chat(arr, "m", err, sizeof err, param, sizeof param));
+    assert_null(anthropic_encode_chat(arr, "m", 0, err, sizeof err, param, sizeof param));
     assert_string_equal(param, "");
     assert_true(strlen(err) > 0);
     json_decref(arr);
 }
 
+static void test_encode_default_max_tokens_and_numbers(void **state)
+{
+    char err[256], param[64];
+    json_t *in = parse("{\"messages\":[{\"role\":\"user\",\"content\":\"q\"}],"
+                       "\"temperature\":0.2,\"top_p\":0.7}");
+    json_t *out = anthropic_encode_chat(in, "c", 1234, err, sizeof err, param, sizeof param);
+    assert_non_null(out);
+    assert_int_equal(json_integer_value(json_object_get(out, "max_tokens")), 1234);
+    char *text = json_write_text(out);
+    assert_non_null(strstr(text, "\"temperature\":0.2,"));
+    assert_non_null(strstr(text, "\"top_p\":0.7"));
+    free(text);
+    json_decref(out);
+    out = anthropic_encode_chat(in, "c", 0, err, sizeof err, param, sizeof param);
+    assert_int_equal(json_integer_value(json_object_get(out, "max_tokens")),
+                     ANTHROPIC_DEFAULT_MAX_TOKENS);
+    json_decref(out);
+    json_decref(in);
+}
+
 /* ---- decode ----------------------------------------------------------------------------- */
+
+static void test_decode_model_falls_back_to_the_one_asked(void **state)
+{
+    json_t *msg = parse("{\"id\":\"msg_1\",\"content\":[{\"type\":\"text\",\"text\":\"x\"}],"
+                        "\"stop_reason\":\"end_turn\",\"usage\":{}}");
+    json_t *res = anthropic_decode_chat(msg, "asked-model");
+    assert_string_equal(json_string_value(json_object_get(res, "model")), "asked-model");
+    json_decref(res);
+    json_decref(msg);
+}
 
 static json_t *decode_chat(const char *msg_text)
 {
@@ -292,7 +323,7 @@ static void test_decode_chat_text_and_usage(void **state)
         " \"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":3,"
         "           \"cache_read_input_tokens\":4,\"output_tokens\":5}}");
     assert_json_eq(res,
-        "{\"id\":\"chatcmpl-msg_abc\",\"object\":\"chat.completion\",\"model\":\"my-model\","
+        "{\"id\":\"chatcmpl-msg_abc\",\"object\":\"chat.completion\",\"model\":\"claude-x\","
         " \"choices\":[{\"index\":0,"
         "   \"message\":{\"role\":\"assistant\",\"content\":\"Hello there\"},"
         "              \"finish_reason\":\"stop\"}],"
@@ -409,7 +440,7 @@ static void test_decode_error_unknown_bodies(void **state)
 /* ---- stream ----------------------------------------------------------------------------- */
 
 #define CHUNK_HEAD "data: {\"id\":\"chatcmpl-msg_01\",\"object\":\"chat.completion.chunk\"," \
-                   "\"created\":1700000000,\"model\":\"my-model\"," \
+                   "\"created\":1700000000,\"model\":\"claude-x\"," \
                    "\"choices\":[{\"index\":0,\"delta\":"
 #define CHUNK(delta) CHUNK_HEAD delta ",\"finish_reason\":null}]}\n\n"
 
@@ -532,6 +563,8 @@ int main(void)
         cmocka_unit_test(test_encode_basic_fields),
         cmocka_unit_test(test_encode_merges_roles_and_max_tokens),
         cmocka_unit_test(test_encode_images),
+        cmocka_unit_test(test_encode_default_max_tokens_and_numbers),
+        cmocka_unit_test(test_decode_model_falls_back_to_the_one_asked),
         cmocka_unit_test(test_encode_tools_round_trip),
         cmocka_unit_test(test_encode_tool_arguments_forms),
         cmocka_unit_test(test_encode_tool_choice),
