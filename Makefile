@@ -3,6 +3,7 @@
 CC      ?= cc
 BUILD   ?= build
 PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
 DESTDIR ?=
 SAN     ?=
 FUZZ_SECONDS ?= 30
@@ -37,10 +38,18 @@ UNIT_BINS  = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 LLMUXD = $(BUILD)/llmuxd
 LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
+UNIT   = $(BUILD)/llmux.service
 
-.PHONY: all deps test-deps run test unit integration asan fuzz bench clean install
+.PHONY: all deps test-deps run test unit integration asan fuzz bench clean install FORCE
 .SECONDARY:
-all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS)
+all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS) $(UNIT)
+
+# The systemd unit with this PREFIX's paths (BINDIR). Checked on every run, since PREFIX may
+# differ from the last one; rewritten only when the text changes.
+$(UNIT): systemd/llmux.service.in FORCE
+	@mkdir -p $(dir $@)
+	@sed 's|@BINDIR@|$(BINDIR)|g' systemd/llmux.service.in > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; echo "unit $@ (BINDIR=$(BINDIR))"; fi
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -79,7 +88,7 @@ run: deps
 unit: $(UNIT_BINS)
 	@sh scripts/run-unit.sh $(UNIT_BINS)
 
-integration: $(LLMUXD) $(LLMUX) $(MOCK)
+integration: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT)
 	$(PYTHON) tests/integration/run.py --build $(BUILD)
 
 test: test-deps
@@ -108,14 +117,14 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	sh bench/run.sh $(BUILD)
 
-install: $(LLMUXD) $(LLMUX)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+install: $(LLMUXD) $(LLMUX) $(UNIT)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1 \
 	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
 	    $(DESTDIR)/etc/llmux
-	install -m 755 $(LLMUXD) $(LLMUX) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(LLMUXD) $(LLMUX) $(DESTDIR)$(BINDIR)/
 	install -m 644 client/llmux.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	install -m 644 daemon/llmuxd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
-	install -m 644 systemd/llmux.service systemd/llmux.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	install -m 644 $(UNIT) systemd/llmux.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/
 	install -m 644 conf/llmux.example.yaml $(DESTDIR)/etc/llmux/llmux.yaml.example
 	install -m 600 systemd/llmux.env.example $(DESTDIR)/etc/llmux/llmux.env.example
 

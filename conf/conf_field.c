@@ -134,7 +134,7 @@ int conf_field_secret(struct conf_ctx *x, const struct ynode *v, const char *pat
 {
     char *s, **dst = FIELD_AT(base, f->off);
 
-    if (conf_text(x, v, path, "a string", &s) < 0)
+    if (conf_text(x, v, path, CONF_WHAT_SECRET, &s) < 0)
         return -1;
     if (has_ctl(s, true)) {
         explicit_bzero(s, strlen(s));

@@ -50,8 +50,10 @@ int conf_fail(struct conf_ctx *x, const struct ynode *n, const char *path, const
  * No error here ever echoes the value, so it is safe for secrets. */
 int conf_text(struct conf_ctx *x, const struct ynode *n, const char *path, const char *what,
               char **out);
-/* Expands ${VAR}, ${VAR:-default} and $$ in s; on failure writes the reason to why. */
-char *conf_expand_env(const char *s, char *why, size_t whylen);
+/* Expands ${VAR}, ${VAR:-default} and $$ in s; on failure writes the reason to why (for a
+ * secret, without suggesting a default). */
+char *conf_expand_env(const char *s, bool secret, char *why, size_t whylen);
+#define CONF_WHAT_SECRET "a secret string"     /* conf_text's `what` for secrets */
 /* s made safe to print inside "..." in an error: escaped, and shortened when long. */
 const char *conf_quote(const char *s, char *out, size_t outlen);
 /* "parent.key", "parent[i]" into out (CONF_PATH_MAX); key is escaped as conf_quote would. */
@@ -100,6 +102,10 @@ int conf_field_string(struct conf_ctx *x, const struct ynode *v, const char *pat
                       const struct field *f, void *base);
 int conf_field_secret(struct conf_ctx *x, const struct ynode *v, const char *path,
                       const struct field *f, void *base);
+/* conf_secret.c: reads the secret from the named file into the char * at f->off (which its
+ * inline twin, e.g. api_key, must not have set); trailing newlines are stripped. */
+int conf_field_secret_file(struct conf_ctx *x, const struct ynode *v, const char *path,
+                           const struct field *f, void *base);
 int conf_field_provider(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base);
 int conf_field_strategy(struct conf_ctx *x, const struct ynode *v, const char *path,

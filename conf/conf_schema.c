@@ -68,6 +68,25 @@ static const char *hint(const char *best, char *out, size_t outlen)
     return out;
 }
 
+/* A duration as the file wrote it ("5m"), or for a default or a ${VAR} the value in its
+ * largest exact unit, so messages speak the user's units rather than milliseconds. */
+static const char *duration_text(const struct ynode *v, uint64_t ms, char *out, size_t outlen)
+{
+    static const struct { const char *unit; uint64_t ms; } units[] = {
+        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000},
+    };
+    if (v && v->kind == YNODE_SCALAR && !strchr(v->val, '$') && v->len < 32)
+        return conf_quote(v->val, out, outlen);
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms && ms % units[i].ms == 0) {
+            snprintf(out, outlen, "%llu%s", (unsigned long long)(ms / units[i].ms),
+                     units[i].unit);
+            return out;
+        }
+    snprintf(out, outlen, "%llums", (unsigned long long)ms);
+    return out;
+}
+
 /* Every key of m is a string, appears once, and is one of fields. */
 static int check_keys(struct conf_ctx *x, const struct ynode *m, const char *path,
                       const struct field *fields, size_t n)
@@ -175,16 +194,27 @@ static int field_target_upstream(struct conf_ctx *x, const struct ynode *v, cons
     const struct conf *c = x->c;
     const char *best = NULL;
     size_t bestd = SIZE_MAX;
-    char *s, q[128], h[96];
+    char *s, q[128], h[96], names[256];
 
     if (conf_text(x, v, path, "an upstream name", &s) < 0)
         return -1;
     t->upstream = conf_find_upstream(c, s);
     if (!t->upstream) {
-        for (size_t i = 0; i < c->nupstreams; i++)
+        size_t o = 0;
+        for (size_t i = 0; i < c->nupstreams; i++) {
             suggest(s, c->upstreams[i].name, &best, &bestd);
-        conf_fail(x, v, path, "unknown upstream \"%s\"%s", conf_quote(s, q, sizeof(q)),
-                  c->nupstreams ? hint(best, h, sizeof(h)) : " (no upstreams are configured)");
+            if (o < sizeof(names))
+                o += (size_t)snprintf(names + o, sizeof(names) - o, "%s\"%s\"", i ? ", " : "",
+                                      c->upstreams[i].name);
+        }
+        if (o >= sizeof(names))
+            memcpy(names + sizeof(names) - 4, "...", 4);
+        if (c->nupstreams)
+            conf_fail(x, v, path, "unknown upstream \"%s\"%s; the upstreams are: %s",
+                      conf_quote(s, q, sizeof(q)), hint(best, h, sizeof(h)), names);
+        else
+            conf_fail(x, v, path, "unknown upstream \"%s\" (no upstreams are configured)",
+                      conf_quote(s, q, sizeof(q)));
     }
     free(s);
     return t->upstream ? 0 : -1;
@@ -260,6 +290,7 @@ static const struct field upstream_fields[] = {
     {"provider", conf_field_provider, U(provider), 0, 0, false, NULL, 0},
     {"base_url", conf_field_base_url, U(base_url), 0, 0, true, NULL, 0},
     {"api_key", conf_field_secret, U(api_key), 0, 0, false, NULL, 0},
+    {"api_key_file", conf_field_secret_file, U(api_key), 0, 0, false, NULL, 0},
     {"headers", conf_field_headers, 0, 0, 0, false, NULL, 0},
     {"max_connections", conf_field_count, U(max_connections), 1, UINT_MAX, false, NULL, 0},
     {"timeout", conf_field_duration, U(timeout_ms), 1, 0, false, NULL, 0},
@@ -364,11 +395,12 @@ static int field_models(struct conf_ctx *x, const struct ynode *v, const char *p
         if (m->backoff_base_ms <= m->backoff_max_ms)
             continue;
         const struct ynode *at = ynode_get(v->kids[i], "backoff");
+        char b[64], mx[64];
         conf_path_index(mpath, path, i);
         conf_path_key(bpath, mpath, "backoff");
-        return conf_fail(x, at ? at : v->kids[i], bpath, "base (%llums) must not exceed max "
-                         "(%llums)", (unsigned long long)m->backoff_base_ms,
-                         (unsigned long long)m->backoff_max_ms);
+        return conf_fail(x, at ? at : v->kids[i], bpath, "base (%s) must not exceed max (%s)",
+                         duration_text(ynode_get(at, "base"), m->backoff_base_ms, b, sizeof(b)),
+                         duration_text(ynode_get(at, "max"), m->backoff_max_ms, mx, sizeof(mx)));
     }
     return check_unique(x, v, path, "name", "model name", c->models, sizeof(*c->models),
                         M(name), false);
@@ -376,7 +408,8 @@ static int field_models(struct conf_ctx *x, const struct ynode *v, const char *p
 
 static const struct field key_fields[] = {
     {"name", conf_field_string, K(name), 0, 0, true, NULL, 0},
-    {"key", conf_field_secret, K(key), 1, 0, true, NULL, 0},
+    {"key", conf_field_secret, K(key), 1, 0, false, NULL, 0},   /* or key_file: see field_keys */
+    {"key_file", conf_field_secret_file, K(key), 0, 0, false, NULL, 0},
     {"models", field_key_models, 0, 0, 0, false, NULL, 0},
     {"rpm", conf_field_count, K(rpm), 0, UINT_MAX, false, NULL, 0},
     {"max_concurrency", conf_field_count, K(max_concurrency), 0, UINT_MAX, false, NULL, 0},
@@ -396,6 +429,14 @@ static int field_keys(struct conf_ctx *x, const struct ynode *v, const char *pat
     c->nkeys = v->nkids;
     if (list_walk(x, v, path, &spec, c->keys) < 0)
         return -1;
+    for (size_t i = 0; i < c->nkeys; i++) {
+        if (c->keys[i].key)
+            continue;
+        char ipath[CONF_PATH_MAX], kpath[CONF_PATH_MAX];
+        conf_path_index(ipath, path, i);
+        conf_path_key(kpath, ipath, "key");
+        return conf_fail(x, v->kids[i], kpath, "missing required key (or key_file)");
+    }
     if (check_unique(x, v, path, "name", "key name", c->keys, sizeof(*c->keys),
                      K(name), false) < 0)
         return -1;
@@ -480,12 +521,15 @@ static const struct ynode *blame(const struct ynode *root, const char *section, 
 static int cross_check(struct conf_ctx *x, const struct ynode *root)
 {
     const struct conf *c = x->c;
+    const struct ynode *t = ynode_get(root, "timeouts");
+    char d[64], m[64];
 
     if (c->timeouts.default_ms > c->timeouts.max_ms)
         return conf_fail(x, blame(root, "timeouts", "default"), "timeouts.default",
-                         "%llums must not exceed timeouts.max (%llums)",
-                         (unsigned long long)c->timeouts.default_ms,
-                         (unsigned long long)c->timeouts.max_ms);
+                         "%s must not exceed timeouts.max (%s)",
+                         duration_text(ynode_get(t, "default"), c->timeouts.default_ms, d,
+                                       sizeof(d)),
+                         duration_text(ynode_get(t, "max"), c->timeouts.max_ms, m, sizeof(m)));
     if (c->limits.stream_low_water >= c->limits.stream_high_water)
         return conf_fail(x, blame(root, "limits", "stream_low_water"), "limits.stream_low_water",
                          "%llu bytes must be below limits.stream_high_water (%llu bytes)",

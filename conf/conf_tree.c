@@ -78,6 +78,66 @@ void ytree_free(struct ynode *n)
     free(n);
 }
 
+/* The line before the one starting at bol, skipping blank and comment lines: true when it
+ * holds no ':' at all, with where moved to its first character. */
+static bool prev_line_lacks_colon(const struct tree *t, size_t bol, struct ynode *where)
+{
+    int line = where->line;
+    while (bol > 0) {
+        size_t end = bol - 1, start = end;      /* input[end] is the '\n' ending that line */
+        while (start > 0 && t->input[start - 1] != '\n')
+            start--;
+        line--;
+        size_t first = start;
+        while (first < end && t->input[first] == ' ')
+            first++;
+        bol = start;
+        if (first == end || t->input[first] == '#')
+            continue;
+        if (memchr(t->input + first, ':', end - first))
+            return false;
+        where->line = line;
+        where->col = (int)(first - start) + 1;
+        return true;
+    }
+    return false;
+}
+
+/* libyaml's wording for the mistakes people make most, said in their terms (NULL: keep
+ * libyaml's); where may move to the line at fault. */
+static const char *yaml_explain(const struct tree *t, const char *problem, struct ynode *where)
+{
+    const yaml_parser_t *p = &t->parser;
+    size_t at = p->problem_mark.index;
+    if (!strcmp(problem, "could not find expected ':'") && p->context &&
+        !strcmp(p->context, "while scanning a simple key")) {
+        where->line = (int)p->context_mark.line + 1;    /* the key, not the line after it */
+        where->col = (int)p->context_mark.column + 1;
+        return "missing ':' after the key on this line (or the next line is indented wrongly)";
+    }
+    if (at < t->len && t->input[at] == '\t')
+        return "a tab is not allowed for indentation (use spaces)";
+    if (!strcmp(problem, "mapping values are not allowed in this context")) {
+        /* Another ": " earlier on the same line: a value that itself holds ": ". */
+        size_t bol = at;
+        while (bol > 0 && t->input[bol - 1] != '\n')
+            bol--;
+        for (size_t i = bol; i + 1 < at && i + 1 < t->len; i++)
+            if (t->input[i] == ':' && t->input[i + 1] == ' ')
+                return "a value containing \": \" must be quoted";
+        /* libyaml read this line as the continuation of the line above: either that line is
+         * a key without its ':' (then it is the one to blame), or this one is misindented. */
+        if (prev_line_lacks_colon(t, bol, where))
+            return "missing ':' after the key on this line";
+        return "unexpected key: check the indentation of this line (it does not line up with "
+               "the keys above it)";
+    }
+    if (!strcmp(problem, "did not find expected key"))
+        return "unexpected indentation: the keys of one mapping must line up (check this "
+               "line and the one above)";
+    return NULL;
+}
+
 /* Next event, or a syntax error with its position. */
 static int tree_next(struct tree *t, yaml_event_t *ev)
 {
@@ -99,6 +159,9 @@ static int tree_next(struct tree *t, yaml_event_t *ev)
         }
     }
     const char *problem = p->problem ? p->problem : "malformed YAML";
+    const char *plain = yaml_explain(t, problem, &at);
+    if (plain)
+        return conf_fail(t->x, &at, NULL, "YAML syntax error: %s", plain);
     if (p->context)
         return conf_fail(t->x, &at, NULL, "YAML syntax error: %s (%s at line %d)", problem,
                          p->context, (int)p->context_mark.line + 1);
@@ -241,14 +304,21 @@ int conf_text(struct conf_ctx *x, const struct ynode *n, const char *path, const
               char **out)
 {
     char why[160];
+    bool secret = !strcmp(what, CONF_WHAT_SECRET);
 
     *out = NULL;
     if (n->kind != YNODE_SCALAR)
         return conf_fail(x, n, path, "expected %s, got %s", what, ynode_kind_name(n));
     if (strlen(n->val) != n->len)
         return conf_fail(x, n, path, "expected %s, got a value containing a NUL byte", what);
-    if (!(*out = conf_expand_env(n->val, why, sizeof(why))))
+    if (!(*out = conf_expand_env(n->val, secret, why, sizeof(why)))) {
+        const char *key = strrchr(path, '.');
+        if (secret && strstr(why, " is not set"))
+            return conf_fail(x, n, path, "%s (set it in the service's EnvironmentFile=, or "
+                             "name a file holding the secret with %s_file:)", why,
+                             key ? key + 1 : path);
         return conf_fail(x, n, path, "%s", why);
+    }
     return 0;
 }
 
@@ -264,7 +334,7 @@ static int env_name_ok(const char *s, size_t n)
 
 /* One pass, no recursion: a variable's value is inserted as is, and a default is literal text.
  * Error texts never quote the scalar, which may be a secret; a variable name is not one. */
-char *conf_expand_env(const char *s, char *why, size_t whylen)
+char *conf_expand_env(const char *s, bool secret, char *why, size_t whylen)
 {
     struct buf b = BUF_INIT;
 
@@ -312,8 +382,11 @@ char *conf_expand_env(const char *s, char *why, size_t whylen)
             if (buf_append(&b, dflt + 2, (size_t)(close - (dflt + 2))) < 0)
                 goto oom;
         } else if (!val) {
-            snprintf(why, whylen, "environment variable %s is not set (use ${%s:-default} "
-                     "to give a default)", var, var);
+            if (secret)     /* no default offered: it would be a shared, guessable secret */
+                snprintf(why, whylen, "environment variable %s is not set", var);
+            else
+                snprintf(why, whylen, "environment variable %s is not set (use ${%s:-default} "
+                         "to give a default)", var, var);
             goto fail;
         } else if (buf_puts(&b, val) < 0) {
             goto oom;

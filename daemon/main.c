@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "conf/conf.h"
 #include "daemon/router.h"
+#include "daemon/settings.h"
 #include "daemon/worker.h"
 
 struct daemon_state {
@@ -27,7 +28,10 @@ struct daemon_state {
     ev_timer watchdog, status;
     unsigned terms;
     char last_reload_error[512];
+    struct conf *boot;              /* the configuration at start: what start-only settings are */
 };
+
+static void raise_nofile(const struct conf *c);
 
 static void usage(FILE *f)
 {
@@ -105,6 +109,8 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents)
         log_error("reload: %s; listen: keeps its old value", err);
     if (c) {
         log_setup(c->log.level, c->log.format);
+        raise_nofile(c);
+        settings_reload_report(d->boot, c, d->srv.listen_inherited);
         server_reload(&d->srv, c);
         d->last_reload_error[0] = '\0';
         log_info("configuration reloaded from %s", d->path);
@@ -242,6 +248,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test_only) {
+        settings_check_report(c, stderr);
         printf("llmuxd: %s: configuration OK\n", d.path);
         conf_unref(c);
         return 0;
@@ -249,6 +256,7 @@ int main(int argc, char **argv)
     log_setup(c->log.level, c->log.format);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    d.boot = c;
     int rc = run(&d, c);
     server_free(&d.srv);
     conf_unref(c);

@@ -22,6 +22,7 @@ import harness
 from harness import Daemon, Mock, binary, chat_body, free_port, parse_metrics, wait_port
 
 UNITS = os.path.join(harness.ROOT, "systemd")
+SERVICE = harness.binary("llmux.service")     # made by `make` from systemd/llmux.service.in
 FRESH_MODEL = ("  - name: fresh\n    retries: 0\n"
                "    targets: [{upstream: mock, model: mock-fresh}]\n")
 
@@ -686,10 +687,11 @@ class UnitTest(unittest.TestCase):
         holding llmuxd.8, so that verify checks them as an installed system would."""
         tmp = tempfile.mkdtemp(prefix="llmux-units-")
         self.addCleanup(shutil.rmtree, tmp, True)
-        for name in ("llmux.service", "llmux.socket"):
-            with open(os.path.join(UNITS, name)) as f:
-                text = f.read().replace("/usr/local/bin/llmuxd",
-                                        os.path.abspath(binary("llmuxd")))
+        for name, path in (("llmux.service", SERVICE),
+                           ("llmux.socket", os.path.join(UNITS, "llmux.socket"))):
+            with open(path) as f:
+                text = re.sub(r"=\S*/llmuxd ", "=%s " % os.path.abspath(binary("llmuxd")),
+                              f.read())
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         os.makedirs(os.path.join(tmp, "man", "man8"))
@@ -708,7 +710,7 @@ class UnitTest(unittest.TestCase):
 
     def test_security_exposure_at_most_1_5(self):
         p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
-                            os.path.join(UNITS, "llmux.service")],
+                            SERVICE],
                            capture_output=True, text=True, timeout=60)
         m = re.search(r"Overall exposure level for llmux\.service: ([0-9.]+) (\w+)", p.stdout)
         self.assertIsNotNone(m, p.stdout + p.stderr)
@@ -716,7 +718,7 @@ class UnitTest(unittest.TestCase):
         self.assertEqual(m.group(2), "OK")
 
     def test_service_shape(self):
-        s = unit_settings(os.path.join(UNITS, "llmux.service"))
+        s = unit_settings(SERVICE)
         self.assertEqual(s["Type"], ["notify"])
         self.assertEqual(s["ExecReload"][-1], "/bin/kill -HUP $MAINPID")
         self.assertEqual(s["EnvironmentFile"], ["-/etc/llmux/llmux.env"])
@@ -845,7 +847,7 @@ def seccomp_available():
                      "needs systemd-analyze, libseccomp.so.2, setpriv, prlimit and root")
 class SandboxTest(ServiceCase):
     def test_serves_reloads_and_stops_under_the_unit_filter(self):
-        service = os.path.join(UNITS, "llmux.service")
+        service = SERVICE
         s = unit_settings(service)
         allowed = unit_syscalls(service)
         self.assertIn("epoll_wait", allowed)

@@ -396,7 +396,7 @@ static void test_wrong_types(void **state)
                 "t.yaml:1:9: listen: expected an address or a list of them, got a mapping");
     check_error("? [a]\n: 1\n", "t.yaml:1:3: expected a string key, got a list");
     check_error("upstreams: [{name: u, base_url: \"http://h\", api_key: {a: b}}]\n",
-                "t.yaml:1:54: upstreams[0].api_key: expected a string, got a mapping");
+                "t.yaml:1:54: upstreams[0].api_key: expected a secret string, got a mapping");
 }
 
 static void test_missing_required(void **state)
@@ -411,7 +411,7 @@ static void test_missing_required(void **state)
     check_error("upstreams: [{name: u, base_url: \"http://h\"}]\n"
                 "models: [{name: m, targets: [{model: x}]}]\n",
                 "t.yaml:2:30: models[0].targets[0].upstream: missing required key");
-    check_error("keys:\n  - name: a\n", "t.yaml:2:5: keys[0].key: missing required key");
+    check_error("keys:\n  - name: a\n", "t.yaml:2:5: keys[0].key: missing required key (or key_file)");
     check_error("keys:\n  - key: abcdefgh\n", "t.yaml:2:5: keys[0].name: missing required key");
     check_error("upstreams:\n  - name: ~\n    base_url: http://h\n",
                 "t.yaml:2:11: upstreams[0].name: expected a value");
@@ -452,11 +452,11 @@ static void test_references(void **state)
                 "      - {upstream: a}\n"
                 "      - {upstream: a, weight: 2}\n"
                 "      - {upstream: b}\n",
-                "t.yaml:7:20: models[0].targets[2].upstream: unknown upstream \"b\"");
+                "t.yaml:7:20: models[0].targets[2].upstream: unknown upstream \"b\"; the upstreams are: \"a\"");
     check_error("upstreams: [{name: openai, base_url: \"http://h\"}]\n"
                 "models: [{name: m, targets: [{upstream: opneai}]}]\n",
                 "t.yaml:2:41: models[0].targets[0].upstream: unknown upstream \"opneai\" "
-                "(did you mean \"openai\"?)");
+                "(did you mean \"openai\"?); the upstreams are: \"openai\"");
     check_error("models: [{name: m, targets: [{upstream: x}]}]\n",
                 "t.yaml:1:41: models[0].targets[0].upstream: unknown upstream \"x\" "
                 "(no upstreams are configured)");
@@ -540,9 +540,9 @@ static void test_model_values(void **state)
          "t.yaml:3:47: models[0].targets[0].weight: expected an integer from 1 to 1000, "
          "got \"1001\""},
         {"  - {name: m, backoff: {base: 5s}, targets: [{upstream: u}]}\n",
-         "t.yaml:3:24: models[0].backoff: base (5000ms) must not exceed max (2000ms)"},
+         "t.yaml:3:24: models[0].backoff: base (5s) must not exceed max (2s)"},
         {"  - {name: m, backoff: {base: 1s, max: 500ms}, targets: [{upstream: u}]}\n",
-         "t.yaml:3:24: models[0].backoff: base (1000ms) must not exceed max (500ms)"},
+         "t.yaml:3:24: models[0].backoff: base (1s) must not exceed max (500ms)"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         snprintf(yaml, sizeof(yaml), "%s%s", head, cases[i].model);
@@ -552,10 +552,10 @@ static void test_model_values(void **state)
 
 static void test_cross_field(void **state)
 {
-    check_error("timeouts:\n  default: 20m\n", "t.yaml:2:12: timeouts.default: 1200000ms must "
-                "not exceed timeouts.max (600000ms)");
-    check_error("timeouts:\n  max: 30s\n", "t.yaml:2:3: timeouts.default: 60000ms must not "
-                "exceed timeouts.max (30000ms)");
+    check_error("timeouts:\n  default: 20m\n", "t.yaml:2:12: timeouts.default: 20m must "
+                "not exceed timeouts.max (10m)");
+    check_error("timeouts:\n  max: 30s\n", "t.yaml:2:3: timeouts.default: 1m must not "
+                "exceed timeouts.max (30s)");
     check_error("limits:\n  stream_low_water: 64k\n", "t.yaml:2:21: limits.stream_low_water: "
                 "65536 bytes must be below limits.stream_high_water (65536 bytes)");
     struct conf *c = check_load("limits: {stream_low_water: 1k, stream_high_water: 2k}\n"
@@ -671,8 +671,17 @@ static void test_yaml_errors(void **state)
 {
     check_error("limits: [1, 2\n", "t.yaml:2:1: YAML syntax error: did not find expected ',' "
                 "or ']' (while parsing a flow sequence at line 1)");
-    check_error("limits:\n\tqueue: 1\n", "t.yaml:2:1: YAML syntax error: found character that "
-                "cannot start any token (while scanning for the next token at line 2)");
+    check_error("limits:\n\tqueue: 1\n", "t.yaml:2:1: YAML syntax error: a tab is not allowed "
+                "for indentation (use spaces)");
+    /* a key missing its ':' swallows the next line; libyaml blames that line's ':' */
+    check_error("upstreams:\n  - name: a\n    provider openai\n    base_url: http://h\n",
+                "t.yaml:3:5: YAML syntax error: missing ':' after the key on this line (or the "
+                "next line is indented wrongly)");
+    check_error("models:\n  - name: m\n     retries: 2\n",
+                "t.yaml:3:13: YAML syntax error: unexpected key: check the indentation of this "
+                "line (it does not line up with the keys above it)");
+    check_error("log: {level: info}\nshutdown_grace: a: b\n",
+                "t.yaml:2:18: YAML syntax error: a value containing \": \" must be quoted");
     check_error("a: &x 1\nb: *x\n",
                 "t.yaml:2:4: YAML aliases (*x) are not supported; repeat the value");
     check_error("---\nworkers: 1\n---\nworkers: 2\n",
