@@ -281,6 +281,8 @@ static void conf_free(struct conf *c)
 {
     if (!c)
         return;
+    if (c->ext_free)
+        c->ext_free(c->ext);
     for (size_t i = 0; c->keys && i < c->nkeys; i++) {
         struct conf_key *k = &c->keys[i];
         free(k->name);

@@ -118,6 +118,10 @@ struct conf {
     uint64_t shutdown_grace_ms;     /* default 30s */
 
     int refs;                       /* atomic; use conf_ref/conf_unref */
+    /* What the daemon keeps per snapshot (its labelled-metric index), freed with it. conf/
+     * knows nothing of it beyond calling ext_free. */
+    void *ext;
+    void (*ext_free)(void *ext);
 };
 
 /* Load and validate. On error returns NULL and writes "FILE:LINE:COL: key: what was expected"

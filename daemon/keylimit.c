@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/metrics_labels.h"
 #include "daemon/worker.h"
 
 struct key_state {
@@ -38,8 +39,10 @@ static double share(unsigned total, const struct worker *w)
     return s < 1 ? 1 : s;
 }
 
-static void refuse(struct request *r, double retry_s, const char *code, const char *msg)
+static void refuse(struct request *r, enum key_limit l, double retry_s, const char *code,
+                   const char *msg)
 {
+    metrics_labels_key_limited(r->conf, r->w->id, r->key, l);
     r->retry_after_s = (int64_t)ceil(retry_s < 1 ? 1 : retry_s);
     request_fail(r, 429, "rate_limit_error", code, NULL, msg, OUTCOME_REJECTED);
 }
@@ -58,13 +61,13 @@ int keylimit_acquire(struct request *r)
         k->tokens = k->tokens < 0 ? cap : fmin(cap, k->tokens + (now - k->last) * rate);
         k->last = now;
         if (k->tokens < 1) {
-            refuse(r, (1 - k->tokens) / rate, "rate_limit_exceeded",
+            refuse(r, KEY_LIMIT_RPM, (1 - k->tokens) / rate, "rate_limit_exceeded",
                    "this key's requests-per-minute limit is reached");
             return -1;
         }
     }
     if (key->max_concurrency && k->inflight >= (unsigned)share(key->max_concurrency, r->w)) {
-        refuse(r, 1, "concurrency_limit_exceeded",
+        refuse(r, KEY_LIMIT_CONCURRENCY, 1, "concurrency_limit_exceeded",
                "this key has as many requests in flight as it may");
         return -1;
     }

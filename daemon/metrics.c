@@ -67,14 +67,32 @@ static uint64_t sum_at(struct metrics *const *w, unsigned n, size_t off)
 #define SUM(field) sum_at(w, n, offsetof(struct metrics, field))
 #define SUM_AT(field, i) sum_at(w, n, offsetof(struct metrics, field) + (i) * sizeof(uint64_t))
 
-static void header(struct buf *out, const char *name, const char *type, const char *help)
+void metrics_header(struct buf *out, const char *name, const char *type, const char *help)
 {
     buf_printf(out, "# HELP llmux_%s %s\n# TYPE llmux_%s %s\n", name, help, name, type);
 }
 
+void metrics_histogram_series(struct buf *out, const char *name, const char *labels,
+                              const struct histogram *h)
+{
+    const char *sep = labels[0] ? "," : "";
+    uint64_t cum = 0;
+    for (unsigned b = 0; b < METRICS_BUCKETS; b++) {
+        cum += h->buckets[b];
+        buf_printf(out, "llmux_%s_bucket{%s%sle=\"%g\"} %lu\n", name, labels, sep,
+                   bucket_bounds[b], (unsigned long)cum);
+    }
+    buf_printf(out, "llmux_%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep,
+               (unsigned long)h->count);
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    buf_printf(out, "llmux_%s_sum%s%s%s %.6f\nllmux_%s_count%s%s%s %lu\n", name, open, labels,
+               close, (double)h->sum_us / 1e6, name, open, labels, close,
+               (unsigned long)h->count);
+}
+
 static void render_requests(struct buf *out, struct metrics *const *w, unsigned n)
 {
-    header(out, "http_requests_total", "counter", "Client requests by route and status.");
+    metrics_header(out, "http_requests_total", "counter", "Client requests by route and status.");
     for (unsigned r = 0; r < ROUTE_COUNT; r++) {
         for (unsigned s = 0; s < METRICS_STATUS_SLOTS; s++) {
             uint64_t v = SUM_AT(requests, r * METRICS_STATUS_SLOTS + s);
@@ -88,15 +106,15 @@ static void render_requests(struct buf *out, struct metrics *const *w, unsigned 
                            route_names[r], (unsigned long)v);
         }
     }
-    header(out, "requests_total", "counter", "Requests ended, by outcome.");
+    metrics_header(out, "requests_total", "counter", "Requests ended, by outcome.");
     for (unsigned o = 0; o < OUTCOME_COUNT; o++)
         buf_printf(out, "llmux_requests_total{outcome=\"%s\"} %lu\n", outcome_names[o],
                    (unsigned long)SUM_AT(outcomes, o));
-    header(out, "upstream_aborted_total", "counter", "Upstream transfers aborted, by reason.");
+    metrics_header(out, "upstream_aborted_total", "counter", "Upstream transfers aborted, by reason.");
     for (unsigned a = 0; a < ABORT_COUNT; a++)
         buf_printf(out, "llmux_upstream_aborted_total{reason=\"%s\"} %lu\n", abort_names[a],
                    (unsigned long)SUM_AT(aborted, a));
-    header(out, "gather_items_total", "counter", "Gather items ended, by outcome.");
+    metrics_header(out, "gather_items_total", "counter", "Gather items ended, by outcome.");
     for (unsigned o = 0; o < OUTCOME_COUNT; o++)
         buf_printf(out, "llmux_gather_items_total{outcome=\"%s\"} %lu\n", outcome_names[o],
                    (unsigned long)SUM_AT(gather_items, o));
@@ -105,60 +123,41 @@ static void render_requests(struct buf *out, struct metrics *const *w, unsigned 
 static void render_histogram(struct buf *out, struct metrics *const *w, unsigned n,
                              size_t off, const char *name, const char *help)
 {
-    header(out, name, "histogram", help);
-    uint64_t cum = 0;
-    for (unsigned b = 0; b < METRICS_BUCKETS; b++) {
-        cum += sum_at(w, n, off + offsetof(struct histogram, buckets) + b * sizeof(uint64_t));
-        buf_printf(out, "llmux_%s_bucket{le=\"%g\"} %lu\n", name, bucket_bounds[b],
-                   (unsigned long)cum);
-    }
-    uint64_t count = sum_at(w, n, off + offsetof(struct histogram, count));
-    uint64_t sum_us = sum_at(w, n, off + offsetof(struct histogram, sum_us));
-    buf_printf(out, "llmux_%s_bucket{le=\"+Inf\"} %lu\n", name, (unsigned long)count);
-    buf_printf(out, "llmux_%s_sum %.6f\nllmux_%s_count %lu\n", name, (double)sum_us / 1e6, name,
-               (unsigned long)count);
+    struct histogram h;
+    metrics_header(out, name, "histogram", help);
+    for (unsigned b = 0; b < METRICS_BUCKETS; b++)
+        h.buckets[b] = sum_at(w, n, off + offsetof(struct histogram, buckets) +
+                                        b * sizeof(uint64_t));
+    h.count = sum_at(w, n, off + offsetof(struct histogram, count));
+    h.sum_us = sum_at(w, n, off + offsetof(struct histogram, sum_us));
+    metrics_histogram_series(out, name, "", &h);
 }
 
 static void simple(struct buf *out, const char *name, const char *type, const char *help,
                    uint64_t v)
 {
-    header(out, name, type, help);
+    metrics_header(out, name, type, help);
     buf_printf(out, "llmux_%s %lu\n", name, (unsigned long)v);
 }
 
 void metrics_render(struct buf *out, struct metrics *const *w, unsigned n,
                     const struct metrics_extra *x)
 {
-    header(out, "build_info", "gauge", "Build information.");
+    metrics_header(out, "build_info", "gauge", "Build information.");
     buf_printf(out, "llmux_build_info{version=\"%s\"} 1\n", LLMUX_VERSION);
     render_requests(out, w, n);
     simple(out, "inflight_requests", "gauge", "Requests in flight.", SUM(inflight_requests));
     simple(out, "upstream_inflight", "gauge", "Upstream calls in flight.",
            SUM(upstream_inflight));
-    simple(out, "upstream_attempts_total", "counter", "Upstream attempts made.",
-           SUM(upstream_attempts));
-    simple(out, "upstream_retries_total", "counter", "Retries on the same target.",
-           SUM(upstream_retries));
-    simple(out, "upstream_fallbacks_total", "counter", "Moves to another target.",
-           SUM(upstream_fallbacks));
-    simple(out, "upstream_failures_total", "counter", "Failed upstream attempts.",
-           SUM(upstream_failures));
-    header(out, "tokens_total", "counter", "Tokens reported by upstream usage.");
-    buf_printf(out, "llmux_tokens_total{kind=\"prompt\"} %lu\n",
-               (unsigned long)SUM(tokens_prompt));
-    buf_printf(out, "llmux_tokens_total{kind=\"completion\"} %lu\n",
-               (unsigned long)SUM(tokens_completion));
     simple(out, "response_bytes_total", "counter", "Bytes sent to clients.", SUM(bytes_out));
     simple(out, "connections_open", "gauge", "Client connections open.", SUM(conns_open));
     simple(out, "connections_accepted_total", "counter", "Client connections accepted.",
            SUM(conns_accepted));
     render_histogram(out, w, n, offsetof(struct metrics, request_latency),
                      "request_duration_seconds", "Gateway latency, request to last byte.");
-    render_histogram(out, w, n, offsetof(struct metrics, upstream_latency),
-                     "upstream_duration_seconds", "Upstream attempt latency.");
     render_histogram(out, w, n, offsetof(struct metrics, gather_duration),
                      "gather_duration_seconds", "Gather latency, start to last item.");
-    header(out, "config_reloads_total", "counter", "Configuration reloads.");
+    metrics_header(out, "config_reloads_total", "counter", "Configuration reloads.");
     buf_printf(out, "llmux_config_reloads_total{result=\"ok\"} %lu\n",
                (unsigned long)x->reloads_ok);
     buf_printf(out, "llmux_config_reloads_total{result=\"failed\"} %lu\n",

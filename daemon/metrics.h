@@ -41,13 +41,13 @@ struct metrics {
     uint64_t aborted[ABORT_COUNT];
     uint64_t inflight_requests;         /* gauge */
     uint64_t upstream_inflight;         /* gauge */
-    uint64_t upstream_attempts, upstream_retries, upstream_fallbacks, upstream_failures;
-    uint64_t tokens_prompt, tokens_completion;
     uint64_t bytes_in, bytes_out;
     uint64_t conns_open;                /* gauge */
     uint64_t conns_accepted, conns_rejected;
     uint64_t gather_items[OUTCOME_COUNT];
-    struct histogram request_latency, upstream_latency, gather_duration;
+    struct histogram request_latency, gather_duration;
+    /* attempts, retries, fallbacks, failures, upstream latency and tokens are labelled by
+     * config names: metrics_labels.h */
 };
 
 /* Owner-thread updates: a plain add published with a relaxed store, no lock prefix. */
@@ -67,5 +67,11 @@ void metrics_render(struct buf *out, struct metrics *const *workers, unsigned n,
                     const struct metrics_extra *extra);
 
 const char *outcome_name(enum outcome o);
+
+/* Pieces for other renderers: a family's # HELP/# TYPE lines (name without "llmux_"), and one
+ * histogram's series with labels (`a="x",b="y"`, or "" for none). */
+void metrics_header(struct buf *out, const char *name, const char *type, const char *help);
+void metrics_histogram_series(struct buf *out, const char *name, const char *labels,
+                              const struct histogram *h);
 
 #endif

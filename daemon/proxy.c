@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/sse.h"
+#include "daemon/metrics_labels.h"
 #include "daemon/worker.h"
 #include "upstream/engine.h"
 #include "upstream/route.h"
@@ -34,6 +35,7 @@ struct proxy {
     double call_started;            /* ev_time the current attempt began */
     bool paused, stream_failed;
     bool probe;                     /* this attempt is the half-open breaker's single probe */
+    int pair;                       /* the target's metric labels (metrics_labels_pair) */
     /* the last failure, reported when no attempt is left */
     int fail_status;
     const char *fail_type, *fail_code;
@@ -301,13 +303,14 @@ static void attempt(struct proxy *p)
         p->probe = p->health->open_until != 0;
         if (p->probe)
             p->health->probing = true;
-        if (p->pos > 0 && p->retry == 0 && r->attempts > 0)
-            METRIC_INC(r->w->m.upstream_fallbacks);
+        if (p->pos > 0 && p->retry == 0 && r->attempts > 0)     /* counted on the one left */
+            metrics_labels_event(r->conf, r->w->id, r->label_pair, PAIR_FALLBACK);
         r->attempts++;
         r->upstream = p->target->upstream->name;
+        p->pair = r->label_pair = metrics_labels_pair(r->conf, p->model, p->order[p->pos]);
         p->call_started = ev_time();
         p->health->inflight++;
-        METRIC_INC(r->w->m.upstream_attempts);
+        metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_ATTEMPT);
         METRIC_INC(r->w->m.upstream_inflight);
         return;
     }
@@ -424,7 +427,33 @@ static void record_failure(struct proxy *p, enum call_result result, long status
         p->fail_code = "upstream_error";
     }
     snprintf(p->fail_msg, sizeof p->fail_msg, "upstream %s: %s", up, detail);
-    log_warn("request %s: upstream %s failed: %s", p->r->id, up, detail);
+}
+
+/* One warn line per failed attempt — which target, what failed, what happens next — at most
+ * one a second per target (across workers), saying how many were held back meanwhile. */
+static void log_attempt_failure(struct proxy *p, enum call_result result, long status,
+                                const char *detail, const char *next, uint64_t wait_ms)
+{
+    struct request *r = p->r;
+    uint64_t suppressed;
+    if (!log_enabled(LOG_WARN) ||
+        !metrics_labels_log_allowed(r->conf, p->pair, (uint64_t)(ev_time() * 1000), &suppressed))
+        return;
+    char what[240], st[16], wait[24], held[24], att[12];
+    if (result == CALL_OK && status >= 300)
+        snprintf(what, sizeof what, "status %ld", status);
+    else
+        snprintf(what, sizeof what, "%s", detail ? detail : "error");
+    snprintf(st, sizeof st, "%ld", status);
+    snprintf(wait, sizeof wait, "%lu", (unsigned long)wait_ms);
+    snprintf(held, sizeof held, "%lu", (unsigned long)suppressed);
+    snprintf(att, sizeof att, "%u", r->attempts);
+    const char *umodel = p->target->model ? p->target->model : r->model;
+    log_fields(LOG_WARN, "upstream attempt failed", "request_id", r->id,
+               "upstream", p->target->upstream->name, "model", p->model->name,
+               "upstream_model", umodel ? umodel : "-", "#attempt", att, "error", what,
+               "#status", st, "next", next, "#retry_in_ms", wait, "#suppressed", held,
+               (char *)NULL);
 }
 
 /* A complete, successful, non-streamed answer. false: the body was garbage. */
@@ -445,7 +474,8 @@ static bool deliver_body(struct proxy *p)
     return true;
 }
 
-static void finish_stream(struct proxy *p, enum call_result result)
+static void finish_stream(struct proxy *p, enum call_result result, long status,
+                          const char *detail)
 {
     struct request *r = p->r;
     r->prompt_tokens += p->codec.prompt_tokens;
@@ -455,6 +485,9 @@ static void finish_stream(struct proxy *p, enum call_result result)
         request_end(r, OUTCOME_COMPLETED);
         return;
     }
+    metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_FAILURE);
+    log_attempt_failure(p, result, status, result == CALL_OK ? "stream ended early" : detail,
+                        "give_up (the stream had started)", 0);
     request_fail(r, 502, "upstream_error", "upstream_stream_truncated", NULL,
                  result == CALL_OK ? "upstream ended the stream early"
                                    : "upstream connection lost mid-stream",
@@ -462,10 +495,13 @@ static void finish_stream(struct proxy *p, enum call_result result)
 }
 
 /* After a failed attempt: the same target again after a backoff, the next target, or done. */
-static void retry_or_give_up(struct proxy *p, enum call_result result, long status)
+static void retry_or_give_up(struct proxy *p, enum call_result result, long status,
+                             const char *detail)
 {
     struct request *r = p->r;
     if (r->no_retry || !route_retryable(result, status)) {
+        log_attempt_failure(p, result, status, detail, r->no_retry ? "give_up (no-retry asked)"
+                                                   : "give_up (not retryable)", 0);
         give_up(p);
         return;
     }
@@ -473,15 +509,19 @@ static void retry_or_give_up(struct proxy *p, enum call_result result, long stat
         uint64_t wait = route_backoff_ms(p->model, p->retry, p->retry_after_ms, &r->w->rng);
         double at = ev_now(r->w->loop) + (double)wait / 1000.0;
         if (r->deadline_at && at >= r->deadline_at) {
+            log_attempt_failure(p, result, status, detail, "give_up (no time for a retry)", 0);
             give_up(p);     /* a retry must fit inside the deadline, never extend it */
             return;
         }
+        log_attempt_failure(p, result, status, detail, "retry", wait);
         p->retry++;
-        METRIC_INC(r->w->m.upstream_retries);
+        metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_RETRY);
         ev_timer_set(&p->backoff, (double)wait / 1000.0, 0.);
         ev_timer_start(r->w->loop, &p->backoff);
         return;
     }
+    log_attempt_failure(p, result, status, detail, p->pos + 1 < p->norder
+                        ? "fallback (next target)" : "give_up (no target left)", 0);
     p->pos++;
     p->retry = 0;
     attempt(p);
@@ -496,14 +536,14 @@ static void on_done(void *ud, enum call_result result, long status, const char *
     p->call = NULL;
     p->health->inflight--;
     METRIC_DEC(w->m.upstream_inflight);
-    metrics_observe(&w->m.upstream_latency, ms / 1000.0);
+    metrics_labels_attempt_time(r->conf, w->id, p->pair, ms / 1000.0);
     r->upstream_ms += ms;
     bool ok = result == CALL_OK && status >= 200 && status < 300;
     route_health_result(p->health, ok || (result == CALL_OK && status < 500 && status != 429),
                         ev_now(w->loop), r->conf->health.failures,
                         (double)r->conf->health.cooldown_ms / 1000.0);
     if (r->streaming) {
-        finish_stream(p, result);
+        finish_stream(p, result, status, detail);
         return;
     }
     if (ok && !r->stream && deliver_body(p))
@@ -512,7 +552,7 @@ static void on_done(void *ud, enum call_result result, long status, const char *
         result = CALL_ERROR;
         detail = r->stream ? "no stream events in the answer" : "the answer is not valid JSON";
     }
-    METRIC_INC(w->m.upstream_failures);
+    metrics_labels_event(r->conf, w->id, p->pair, PAIR_FAILURE);
     record_failure(p, result, status, detail);
-    retry_or_give_up(p, result, status);
+    retry_or_give_up(p, result, status, detail);
 }

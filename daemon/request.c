@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "daemon/gather.h"
 #include "daemon/keylimit.h"
+#include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
 #include "daemon/worker.h"
 
@@ -27,6 +28,7 @@ struct request *request_new(struct worker *w, struct conf *conf, const struct si
     r->started = ev_now(w->loop);
     r->t0 = ev_time();
     r->retry_after_s = -1;
+    r->label_pair = -1;
     ev_timer_init(&r->deadline, on_deadline, 0., 0.);
     r->deadline.data = r;
     METRIC_INC(w->m.inflight_requests);
@@ -97,9 +99,10 @@ static void account(struct request *r)
     METRIC_INC(m->outcomes[r->outcome]);
     METRIC_INC(m->requests[r->route][metrics_status_slot(r->status)]);
     METRIC_DEC(m->inflight_requests);
-    METRIC_ADD(m->tokens_prompt, (uint64_t)r->prompt_tokens);
-    METRIC_ADD(m->tokens_completion, (uint64_t)r->completion_tokens);
     metrics_observe(&m->request_latency, elapsed);
+    metrics_labels_request(r->conf, r->w->id, r->cmodel, r->label_pair, r->outcome, elapsed);
+    metrics_labels_tokens(r->conf, r->w->id, r->key, r->cmodel, r->prompt_tokens,
+                          r->completion_tokens);
     if (r->conf->log.access)
         access_log(r, elapsed * 1000.0);
 }

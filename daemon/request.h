@@ -44,6 +44,8 @@ struct request {
     enum endpoint ep;
     const struct conf_key *key;         /* NULL when the gateway is open */
     char *model;                        /* client's model name (for logs), owned */
+    const struct conf_model *cmodel;    /* the configured model it resolved to, or NULL */
+    int label_pair;                     /* metric labels of the last target tried; -1 none */
     char method[8];
     char path[48];                      /* truncated copy, for logs */
     char client[REQUEST_CLIENT_MAX];    /* peer address, for logs; "" when not a connection's */

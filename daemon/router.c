@@ -9,6 +9,7 @@
 
 #include "daemon/gather.h"
 #include "daemon/keylimit.h"
+#include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
 #include "daemon/worker.h"
 
@@ -176,6 +177,7 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
                      OUTCOME_REJECTED);
         return;
     }
+    r->cmodel = m;
     if (keylimit_acquire(r) < 0) {
         json_decref(body);
         return;
@@ -243,6 +245,7 @@ static void handle_metrics(struct request *r)
     pthread_mutex_unlock(&s->lock);
     struct buf out = BUF_INIT;
     metrics_render(&out, blocks, n, &x);
+    metrics_labels_render(&out, r->conf);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);
     buf_free(&out);

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "daemon/conn.h"
 #include "daemon/keylimit.h"
+#include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
 
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
@@ -283,6 +284,8 @@ int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_
     if (!s->workers)
         return -1;
     s->nworkers = nworkers;
+    s->labels = metrics_registry_new(nworkers);
+    metrics_labels_attach(s->labels, c);
     s->current = conf_ref(c);
     s->main_loop = main_loop;
     s->main_wake = main_wake;
@@ -310,6 +313,7 @@ static void wake_all(struct server *s)
 
 void server_reload(struct server *s, struct conf *c)
 {
+    metrics_labels_attach(s->labels, c);    /* before any worker can see c */
     pthread_mutex_lock(&s->lock);
     conf_unref(s->current);
     s->current = c;
@@ -393,4 +397,7 @@ void server_free(struct server *s)
     if (s->current)
         conf_unref(s->current);
     pthread_mutex_destroy(&s->lock);
+    /* The workers have stopped; snapshots still held elsewhere only free their index. */
+    metrics_registry_free(s->labels);
+    s->labels = NULL;
 }

@@ -15,6 +15,7 @@
 struct conn;
 struct server;
 struct key_state;
+struct metrics_registry;
 
 struct upstream_health {            /* per worker, keyed by upstream name; never freed early */
     char *name;
@@ -75,6 +76,7 @@ struct server {
     unsigned stopped_accepting;     /* atomic: workers whose accept watchers are stopped */
     uint64_t reloads_ok, reloads_failed;
     int ready;
+    struct metrics_registry *labels;    /* labelled counters; every snapshot gets an index */
 };
 
 /* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */

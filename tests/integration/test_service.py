@@ -620,9 +620,9 @@ class MetricsAndCheckTest(ServiceCase):
         self.assertEqual(delta('llmux_requests_total{outcome="completed"}'), 3)
         self.assertEqual(delta('llmux_requests_total{outcome="rejected"}'), 1)
         self.assertEqual(delta("llmux_connections_accepted_total"), 4)  # 3 chats + this scrape
-        self.assertEqual(delta("llmux_upstream_attempts_total"), 2)
+        self.assertEqual(delta('llmux_upstream_attempts_total{upstream="mock",model="m"}'), 2)
         self.assertEqual(delta("llmux_request_duration_seconds_count"), 4)
-        self.assertGreater(delta('llmux_tokens_total{kind="completion"}'), 0)
+        self.assertGreater(delta('llmux_tokens_total{key="",model="m",kind="completion"}'), 0)
         self.assertEqual(after["llmux_ready"], 1)
         self.assertEqual(after["llmux_draining"], 0)
 
