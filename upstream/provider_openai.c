@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/json_scan.h"
+#include "common/json_write.h"
 #include "upstream/provider.h"
 
 static const char *openai_path(enum endpoint ep)
@@ -34,10 +35,9 @@ static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
             return 0;
         }
     }
-    char *text = json_object_set_new(body, "model", json_string(model)) == 0
-                     ? json_dumps(body, JSON_COMPACT) : NULL;
-    int rc = text ? buf_puts(out, text) : -1;
-    free(text);
+    /* No text at hand (a gather item): written with the client's numbers kept (json_write) */
+    int rc = json_object_set_new(body, "model", json_string(model)) == 0
+                 ? json_write(body, out) : -1;
     if (rc < 0)
         snprintf(err, errlen, "out of memory");
     return rc;

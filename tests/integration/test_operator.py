@@ -133,3 +133,32 @@ class DefaultMaxTokensTest(Case):
         self.assertIn('"max_tokens":16000', self.mock.last()["body"])
         self.assertEqual(self.d.chat("x", model="long", max_tokens=5)[0], 200)
         self.assertIn('"max_tokens":5', self.mock.last()["body"])
+
+
+class NumbersTest(Case):
+    def test_gather_items_keep_numbers(self):
+        raw = ('{"requests":[{"model":"m","messages":[{"role":"user","content":"x"}],'
+               '"temperature":0.2,"top_p":0.7}]}')
+        st, _, data = self.d.request("POST", "/v1/gather", raw)
+        self.assertEqual(st, 200, data)
+        sent = self.mock.last()["body"]
+        self.assertIn('"temperature":0.2,', sent)
+        self.assertIn('"top_p":0.7', sent)
+
+
+class ShutdownUpstreamTimeTest(Case):
+    extra = "shutdown_grace: 300ms\n"
+
+    def test_shutdown_line_counts_upstream_time(self):
+        import threading
+        out = []
+        t = threading.Thread(target=lambda: out.append(self.d.chat(
+            "slow @mock:delay=3000", headers={"X-Request-Id": "sd-1"})))
+        t.start()
+        self.mock.wait_stats(lambda s: s["inflight"] == 1)
+        self.d.signal(signal.SIGTERM)
+        t.join(10)
+        self.assertEqual(out[0][0], 503)
+        line = access_lines(self.d, "sd-1")[0]
+        self.assertEqual(line["outcome"], "shutdown")
+        self.assertGreater(line["upstream_ms"], 200)
