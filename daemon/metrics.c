@@ -110,7 +110,8 @@ static void render_requests(struct buf *out, struct metrics *const *w, unsigned 
     for (unsigned o = 0; o < OUTCOME_COUNT; o++)
         buf_printf(out, "llmux_requests_total{outcome=\"%s\"} %lu\n", outcome_names[o],
                    (unsigned long)SUM_AT(outcomes, o));
-    metrics_header(out, "upstream_aborted_total", "counter", "Upstream transfers aborted, by reason.");
+    metrics_header(out, "upstream_aborted_total", "counter",
+                   "Upstream transfers aborted, by reason.");
     for (unsigned a = 0; a < ABORT_COUNT; a++)
         buf_printf(out, "llmux_upstream_aborted_total{reason=\"%s\"} %lu\n", abort_names[a],
                    (unsigned long)SUM_AT(aborted, a));

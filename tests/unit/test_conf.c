@@ -411,7 +411,8 @@ static void test_missing_required(void **state)
     check_error("upstreams: [{name: u, base_url: \"http://h\"}]\n"
                 "models: [{name: m, targets: [{model: x}]}]\n",
                 "t.yaml:2:30: models[0].targets[0].upstream: missing required key");
-    check_error("keys:\n  - name: a\n", "t.yaml:2:5: keys[0].key: missing required key (or key_file)");
+    check_error("keys:\n  - name: a\n",
+                "t.yaml:2:5: keys[0].key: missing required key (or key_file)");
     check_error("keys:\n  - key: abcdefgh\n", "t.yaml:2:5: keys[0].name: missing required key");
     check_error("upstreams:\n  - name: ~\n    base_url: http://h\n",
                 "t.yaml:2:11: upstreams[0].name: expected a value");
@@ -452,7 +453,8 @@ static void test_references(void **state)
                 "      - {upstream: a}\n"
                 "      - {upstream: a, weight: 2}\n"
                 "      - {upstream: b}\n",
-                "t.yaml:7:20: models[0].targets[2].upstream: unknown upstream \"b\"; the upstreams are: \"a\"");
+                "t.yaml:7:20: models[0].targets[2].upstream: unknown upstream \"b\"; "
+                "the upstreams are: \"a\"");
     check_error("upstreams: [{name: openai, base_url: \"http://h\"}]\n"
                 "models: [{name: m, targets: [{upstream: opneai}]}]\n",
                 "t.yaml:2:41: models[0].targets[0].upstream: unknown upstream \"opneai\" "
