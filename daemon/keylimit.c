@@ -39,8 +39,8 @@ static double share(unsigned total, const struct worker *w)
     return s < 1 ? 1 : s;
 }
 
-static void refuse(struct request *r, enum key_limit l, double retry_s, const char *code,
-                   const char *msg)
+static void refuse(struct request *r, double retry_s, const char *code, const char *msg,
+                   enum key_limit l)
 {
     metrics_labels_key_limited(r->conf, r->w->id, r->key, l);
     r->retry_after_s = (int64_t)ceil(retry_s < 1 ? 1 : retry_s);
@@ -61,14 +61,14 @@ int keylimit_acquire(struct request *r)
         k->tokens = k->tokens < 0 ? cap : fmin(cap, k->tokens + (now - k->last) * rate);
         k->last = now;
         if (k->tokens < 1) {
-            refuse(r, KEY_LIMIT_RPM, (1 - k->tokens) / rate, "rate_limit_exceeded",
-                   "this key's requests-per-minute limit is reached");
+            refuse(r, (1 - k->tokens) / rate, "rate_limit_exceeded",
+                   "this key's requests-per-minute limit is reached", KEY_LIMIT_RPM);
             return -1;
         }
     }
     if (key->max_concurrency && k->inflight >= (unsigned)share(key->max_concurrency, r->w)) {
-        refuse(r, KEY_LIMIT_CONCURRENCY, 1, "concurrency_limit_exceeded",
-               "this key has as many requests in flight as it may");
+        refuse(r, 1, "concurrency_limit_exceeded",
+               "this key has as many requests in flight as it may", KEY_LIMIT_CONCURRENCY);
         return -1;
     }
     if (key->rpm)
