@@ -121,10 +121,13 @@ static int names_new_id(struct metrics_registry *reg, enum dim d, uint32_t id)
     if (id % CHUNK)
         return 0;
     for (unsigned w = 0; w < reg->nworkers; w++) {
+        size_t slot = (size_t)w * MAX_CHUNKS + id / CHUNK;
+        if (reg->chunks[d][slot])
+            continue;       /* left by an earlier try that ran out of memory */
         void *p = calloc(CHUNK, dim_size[d]);
         if (!p)
-            return -1;      /* earlier workers' chunks stay published; freed with reg */
-        chunk_publish(reg, d, (size_t)w * MAX_CHUNKS + id / CHUNK, p);
+            return -1;      /* the chunks made so far stay published; freed with reg */
+        chunk_publish(reg, d, slot, p);
     }
     return 0;
 }

@@ -91,6 +91,7 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     p->r = r;
     p->body = body;
     p->model = m;
+    p->pair = -1;
     ev_timer_init(&p->backoff, on_backoff, 0., 0.);
     p->backoff.data = p;
     const struct route_health *health[ROUTE_MAX_TARGETS];

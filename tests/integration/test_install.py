@@ -33,15 +33,22 @@ class InstallTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.root = tempfile.mkdtemp(prefix="llmux-destdir-")
-        p = subprocess.run(["make", "--no-print-directory", "-C", harness.ROOT, "install",
-                            "BUILD=" + harness.BUILD, "PREFIX=/usr", "DESTDIR=" + cls.root],
+        cls.make("install", "PREFIX=/usr", "DESTDIR=" + cls.root)
+
+    @classmethod
+    def make(cls, *args):
+        # -o: install what this build made, never rebuild it (an ASan build has other flags)
+        b = harness.BUILD
+        p = subprocess.run(["make", "--no-print-directory", "-C", harness.ROOT, "BUILD=" + b,
+                            "-o", b + "/llmuxd", "-o", b + "/llmux", *args],
                            capture_output=True, text=True, timeout=300)
         if p.returncode != 0:
-            raise AssertionError("make install failed:\n" + p.stdout + p.stderr)
+            raise AssertionError("make %s failed:\n%s%s" % (args, p.stdout, p.stderr))
 
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.root, True)
+        cls.make(harness.BUILD + "/llmux.service")     # back to the default PREFIX
 
     def at(self, path):
         return os.path.join(self.root, path.lstrip("/"))
