@@ -110,7 +110,8 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents)
     if (c) {
         log_setup(c->log.level, c->log.format);
         raise_nofile(c);
-        settings_reload_report(d->boot, c, d->srv.listen_inherited);
+        settings_reload_report(d->boot, c, d->srv.nworkers, worker_count(c),
+                               d->srv.listen_inherited);
         server_reload(&d->srv, c);
         d->last_reload_error[0] = '\0';
         log_info("configuration reloaded from %s", d->path);

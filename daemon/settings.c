@@ -15,14 +15,6 @@ static bool same_listen(const struct conf *a, const struct conf *b)
     return true;
 }
 
-static void workers_text(unsigned n, char *out, size_t cap)
-{
-    if (n)
-        snprintf(out, cap, "%u", n);
-    else
-        snprintf(out, cap, "auto");
-}
-
 /* Each upstream's connection cap sizes the worker's curl pools when they are made (at start). */
 static unsigned report_connections(const struct conf *boot, const struct conf *next)
 {
@@ -44,14 +36,12 @@ static unsigned report_connections(const struct conf *boot, const struct conf *n
 }
 
 unsigned settings_reload_report(const struct conf *boot, const struct conf *next,
-                                bool inherited)
+                                unsigned running, unsigned next_workers, bool inherited)
 {
     unsigned n = 0;
-    if (boot->workers != next->workers) {
-        char was[16], now[16];
-        workers_text(boot->workers, was, sizeof was);
-        workers_text(next->workers, now, sizeof now);
-        log_warn("reload: workers: %s takes effect at restart (running with %s)", now, was);
+    if (next_workers != running) {
+        log_warn("reload: workers: %u%s takes effect at restart (running with %u)",
+                 next_workers, next->workers ? "" : " (auto)", running);
         n++;
     }
     if (inherited && !same_listen(boot, next)) {
