@@ -42,6 +42,15 @@ static long value_of(const char *text, const char *series)
     return p ? strtol(p + strlen(want), NULL, 10) : -1;
 }
 
+/* What a scrape shows for c, after a newline so every series starts one (free it). */
+static char *render(const struct conf *c)
+{
+    struct buf out = BUF_INIT;
+    buf_puts(&out, "\n");
+    metrics_labels_render(&out, c);
+    return buf_steal(&out);
+}
+
 static void test_sums_workers_and_shares_pairs(void **state)
 {
     struct metrics_registry *reg = metrics_registry_new(2);
@@ -56,17 +65,15 @@ static void test_sums_workers_and_shares_pairs(void **state)
     metrics_labels_event(c, 1, p2, PAIR_FAILURE);
     metrics_labels_tokens(c, 0, &c->keys[0], m, 10, 3);
     metrics_labels_key_limited(c, 1, &c->keys[0], KEY_LIMIT_RPM);
-    struct buf out = BUF_INIT;
-    buf_puts(&out, "\n");
-    metrics_labels_render(&out, c);
-    assert_int_equal(value_of(out.data, "llmux_upstream_attempts_total{upstream=\"u1\","
+    char *text = render(c);
+    assert_int_equal(value_of(text, "llmux_upstream_attempts_total{upstream=\"u1\","
                                         "model=\"m\"}"), 2);
-    assert_int_equal(value_of(out.data, "llmux_upstream_failures_total{upstream=\"q\\\"x\","
+    assert_int_equal(value_of(text, "llmux_upstream_failures_total{upstream=\"q\\\"x\","
                                         "model=\"m\"}"), 1);
-    assert_int_equal(value_of(out.data, "llmux_tokens_total{key=\"k\",model=\"m\","
+    assert_int_equal(value_of(text, "llmux_tokens_total{key=\"k\",model=\"m\","
                                         "kind=\"prompt\"}"), 10);
-    assert_int_equal(value_of(out.data, "llmux_key_limited_total{key=\"k\",limit=\"rpm\"}"), 1);
-    buf_free(&out);
+    assert_int_equal(value_of(text, "llmux_key_limited_total{key=\"k\",limit=\"rpm\"}"), 1);
+    free(text);
     conf_unref(c);
     metrics_registry_free(reg);
 }
@@ -82,15 +89,13 @@ static void test_reload_keeps_names_monotonic(void **state)
     metrics_labels_event(c1, 0, metrics_labels_pair(c1, &c1->models[0], 0), PAIR_ATTEMPT);
     metrics_labels_event(c2, 0, metrics_labels_pair(c2, &c2->models[0], 0), PAIR_ATTEMPT);
     conf_unref(c1);
-    struct buf out = BUF_INIT;
-    buf_puts(&out, "\n");
-    metrics_labels_render(&out, c2);
-    assert_int_equal(value_of(out.data, "llmux_upstream_attempts_total{upstream=\"u1\","
+    char *text = render(c2);
+    assert_int_equal(value_of(text, "llmux_upstream_attempts_total{upstream=\"u1\","
                                         "model=\"m\"}"), 3);
-    assert_int_equal(value_of(out.data, "llmux_upstream_attempts_total{upstream=\"u1\","
+    assert_int_equal(value_of(text, "llmux_upstream_attempts_total{upstream=\"u1\","
                                         "model=\"new\"}"), 0);
-    assert_null(strstr(out.data, "\"gone\""));
-    buf_free(&out);
+    assert_null(strstr(text, "\"gone\""));
+    free(text);
     conf_unref(c2);
     metrics_registry_free(reg);
 }
