@@ -160,13 +160,15 @@ void request_fail(struct request *r, int status, const char *type, const char *c
 {
     if (r->ended)
         return;
-    json_t *err = openai_error(message, type, param, code);
+    bool anthropic = r->error_shape == ERROR_SHAPE_ANTHROPIC;
+    json_t *err = anthropic ? anthropic_error(status, message)
+                            : openai_error(message, type, param, code);
     char *text = err ? json_dumps(err, JSON_COMPACT) : NULL;
     const char *body = text ? text : "{\"error\":{\"message\":\"out of memory\"}}";
     if (r->streaming) {
         /* Mid-stream: the error travels as an event, then the body is cut short on purpose. */
         struct buf ev = BUF_INIT;
-        buf_printf(&ev, "data: %s\n\n", body);
+        buf_printf(&ev, "%sdata: %s\n\n", anthropic ? "event: error\n" : "", body);
         request_stream_data(r, ev.data, ev.len);
         request_stream_end(r, false);
         buf_free(&ev);

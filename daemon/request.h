@@ -32,6 +32,9 @@ struct sink_ops {
 
 #define REQUEST_ID_MAX 64
 
+/* The error shape a request's client expects, a property of the endpoint it came in on. */
+enum error_shape { ERROR_SHAPE_OPENAI, ERROR_SHAPE_ANTHROPIC };
+
 struct request {
     struct worker *w;
     struct conf *conf;                  /* reference held for the request's whole life */
@@ -40,6 +43,8 @@ struct request {
     char id[REQUEST_ID_MAX + 1];
     enum route_id route;
     enum endpoint ep;
+    enum error_shape error_shape;       /* how request_fail words errors */
+    char anthropic_version[32];         /* the client's anthropic-version header, or "" */
     const struct conf_key *key;         /* NULL when the gateway is open */
     char *model;                        /* client's model name (for logs), owned */
     char method[8];
@@ -80,8 +85,9 @@ void request_set_deadline(struct request *r, uint64_t ms);
 void request_end(struct request *r, enum outcome o);
 void request_free(struct request *r);
 
-/* Answers with an OpenAI-shaped error (or, mid-stream, an SSE error event and a truncated end)
- * and ends the request with outcome o. */
+/* Answers with an error in the request's error shape (or, mid-stream, an SSE error event and a
+ * truncated end) and ends the request with outcome o. The one place errors are worded:
+ * Anthropic's shape keeps the message and names its type after the status. */
 void request_fail(struct request *r, int status, const char *type, const char *code,
                   const char *param, const char *message, enum outcome o);
 /* Answers with a complete JSON body and ends the request as completed. */
