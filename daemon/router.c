@@ -134,7 +134,8 @@ static int authenticate(struct request *r, const struct http_head *h)
     }
     if (!key.len) {
         request_fail(r, 401, "authentication_error", "missing_api_key", NULL,
-                     "missing API key: send Authorization: Bearer <key>", OUTCOME_REJECTED);
+                     "missing API key: send Authorization: Bearer <key> or x-api-key",
+                     OUTCOME_REJECTED);
         return -1;
     }
     r->key = conf_find_key(r->conf, key.p, key.len);

@@ -264,6 +264,12 @@ class MessagesTest(Case):
         self.assert_anthropic_error(st, json.loads(data), 405, "invalid_request_error")
         self.assertEqual(h["allow"], "POST")
 
+    def test_body_over_limit_is_request_too_large(self):
+        st, _, data = self.post(json.dumps(msg_body("x" * 70000)).encode())
+        self.assert_anthropic_error(st, json.loads(data), 413, "request_too_large")
+        st, _, data = self.d.request("POST", "/v1/chat/completions", b"x" * 70000)
+        self.assertEqual((st, json.loads(data)["error"]["type"]), (413, "invalid_request_error"))
+
     def test_upstream_500_is_api_error_502(self):
         for model in ("m", "claude"):
             st, _, res = self.post_json(msg_body("x @mock:status=500", model=model))
