@@ -237,8 +237,9 @@ static void give_up(struct proxy *p)
                            ? (p->retry_after_ms > 0 ? (p->retry_after_ms + 999) / 1000 : 1)
                            : -1;
     if (p->fail_body && r->error_shape != ERROR_SHAPE_OPENAI) {
+        /* Relayed in the client's shape: the message kept, the type named after the status. */
         const json_t *m = json_object_get(json_object_get(p->fail_body, "error"), "message");
-        request_fail(r, p->fail_status, NULL, NULL, NULL,
+        request_fail(r, p->fail_status, "upstream_error", NULL, NULL,
                      json_is_string(m) ? json_string_value(m) : "upstream error",
                      OUTCOME_UPSTREAM_ERROR);
         return;

@@ -332,7 +332,7 @@ static int enc_tools(struct enc *e, const json_t *msg, json_t *chat)
             return enc_fail(e, p, "only client tools (name, input_schema) can be used with "
                             "this model's upstream (OpenAI-type)");
         }
-        json_array_append_new(fns, json_pack("{s:s,s:{s:s,s:s?,s:O}}", "type", "function",
+        json_array_append_new(fns, json_pack("{s:s,s:{s:s,s:s*,s:O}}", "type", "function",
                                              "function", "name", name, "description",
                                              json_string_value(json_object_get(t,
                                                                                "description")),
