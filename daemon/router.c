@@ -97,6 +97,8 @@ static int take_anthropic_version(struct request *r, const struct http_head *h)
         ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
              c == '-' || c == '.' || c == '_';
     }
+    if (!ok && r->error_shape != ERROR_SHAPE_ANTHROPIC)
+        return 0;       /* only /v1/messages* (and its gather items) use it */
     if (!ok) {
         fail400(r, "anthropic-version", "invalid_header",
                 "anthropic-version must be a version such as 2023-06-01");

@@ -270,6 +270,11 @@ class MessagesTest(Case):
         st, _, data = self.d.request("POST", "/v1/chat/completions", b"x" * 70000)
         self.assertEqual((st, json.loads(data)["error"]["type"]), (413, "invalid_request_error"))
 
+    def test_bad_anthropic_version_refused(self):
+        st, _, data = self.post(msg_body("x"), headers={"anthropic-version": "2023-06-01; evil"})
+        self.assert_anthropic_error(st, json.loads(data), 400, "invalid_request_error")
+        self.assertEqual(self.mock.stats()["received"], 0)
+
     def test_upstream_500_is_api_error_502(self):
         for model in ("m", "claude"):
             st, _, res = self.post_json(msg_body("x @mock:status=500", model=model))
