@@ -59,14 +59,23 @@ def post_stream(port, path, body, headers=None):
     return status, sse_events(out), clean
 
 
-def recv_until(sock, needle, limit=1 << 20):
+def abandon_stream(case, path, body, needle):
+    """Starts a slow stream, closes the connection once `needle` arrived, and checks that the
+    upstream saw its request aborted (not completed)."""
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", case.d.port), 10)
+    s.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+               % (path, len(data))).encode() + data)
     got = b""
-    while needle not in got and len(got) < limit:
-        part = sock.recv(65536)
+    while needle not in got and len(got) < 1 << 20:
+        part = s.recv(65536)
         if not part:
             break
         got += part
-    return got
+    case.assertIn(needle, got)
+    s.close()
+    st = case.mock.wait_stats(lambda st: st["aborted"] == 1, 5)
+    case.assertEqual((st["aborted"], st["completed"]), (1, 0))
 
 
 def sse_events(data):
@@ -305,14 +314,8 @@ class MessagesTest(Case):
         self.assertEqual(res["content"][0]["text"], "echo: fb")
 
     def test_disconnect_cancels_upstream(self):
-        body = json.dumps(msg_body("x @mock:stream=50,interval=100", stream=True)).encode()
-        s = socket.create_connection(("127.0.0.1", self.d.port), 10)
-        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                  % len(body) + body)
-        self.assertIn(b"message_start", recv_until(s, b"message_start"))
-        s.close()
-        st = self.mock.wait_stats(lambda st: st["aborted"] == 1, 5)
-        self.assertEqual((st["aborted"], st["completed"]), (1, 0))
+        abandon_stream(self, "/v1/messages",
+                       msg_body("x @mock:stream=50,interval=100", stream=True), b"message_start")
 
     def test_gather_item_with_messages_endpoint(self):
         st, _, data = self.d.request("POST", "/v1/gather", {"requests": [
@@ -423,15 +426,9 @@ class ResponsesTest(Case):
         self.assertIn("error", evs[-1][1])
 
     def test_disconnect_cancels_upstream(self):
-        body = json.dumps({"model": "m", "input": "x @mock:stream=50,interval=100",
-                           "stream": True}).encode()
-        s = socket.create_connection(("127.0.0.1", self.d.port), 10)
-        s.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                  % len(body) + body)
-        self.assertIn(b"response.created", recv_until(s, b"response.created"))
-        s.close()
-        st = self.mock.wait_stats(lambda st: st["aborted"] == 1, 5)
-        self.assertEqual(st["aborted"], 1)
+        abandon_stream(self, "/v1/responses", {"model": "m", "stream": True,
+                                               "input": "x @mock:stream=50,interval=100"},
+                       b"response.created")
 
 
 class MixedTargetsTest(Case):

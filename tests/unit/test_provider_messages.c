@@ -11,32 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/unit/json_assert.h"
 #include "upstream/provider.h"
-
-static json_t *parse(const char *text)
-{
-    json_error_t e;
-    json_t *v = json_loads(text, JSON_DECODE_ANY, &e);
-    if (!v)
-        fail_msg("test JSON does not parse (%s): %s", e.text, text);
-    return v;
-}
-
-/* Compares regardless of key order; prints both sides when they differ. */
-static void assert_json_eq(const json_t *got, const char *want_text)
-{
-    json_t *want = parse(want_text);
-    int eq = json_equal(got, want);
-    if (!eq) {
-        char *g = got ? json_dumps(got, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
-        char *w = json_dumps(want, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
-        print_error("got  %s\nwant %s\n", g ? g : "(null)", w);
-        free(g);
-        free(w);
-    }
-    json_decref(want);
-    assert_true(eq);
-}
 
 static void expect_chat(const char *messages_body, const char *want)
 {
@@ -253,10 +229,15 @@ static void test_stop_reason_table(void **state)
 
 /* ---- stream: chunks → events ------------------------------------------------------------ */
 
-static void feed(struct messages_stream *s, const char *const *chunks, size_t n, struct buf *out)
+/* Feeds chunks (each must translate) and compares all the events written with want. */
+static void expect_events(struct messages_stream *s, const char *const *chunks, size_t n,
+                          const char *want)
 {
+    struct buf out = BUF_INIT;
     for (size_t i = 0; i < n; i++)
-        assert_int_equal(messages_stream_event(s, chunks[i], strlen(chunks[i]), out), 0);
+        assert_int_equal(messages_stream_event(s, chunks[i], strlen(chunks[i]), &out), 0);
+    assert_string_equal(out.data ? out.data : "", want);
+    buf_free(&out);
 }
 
 #define EV(name, json) "event: " name "\ndata: " json "\n\n"
@@ -276,11 +257,10 @@ static void test_stream_text(void **state)
         "{\"id\":\"cc1\",\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2}}",
         "[DONE]",
     };
+    static const char *const late[] = {"[DONE]"};
     struct messages_stream s;
-    struct buf out = BUF_INIT;
     messages_stream_init(&s, "claude-ish");
-    feed(&s, chunks, 6, &out);
-    assert_string_equal(out.data,
+    expect_events(&s, chunks, 6,
         START("msg_cc1")
         EV("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
            "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}")
@@ -296,12 +276,8 @@ static void test_stream_text(void **state)
     assert_true(s.done);
     assert_int_equal(s.prompt_tokens, 8);
     assert_int_equal(s.completion_tokens, 2);
-    /* Anything after the end is ignored. */
-    buf_reset(&out);
-    assert_int_equal(messages_stream_event(&s, "[DONE]", 6, &out), 0);
-    assert_int_equal(out.len, 0);
+    expect_events(&s, late, 1, "");     /* anything after the end is ignored */
     messages_stream_free(&s);
-    buf_free(&out);
 }
 
 /* Text, then two tool calls: each call opens its own block; argument fragments become
@@ -323,10 +299,8 @@ static void test_stream_tool_use(void **state)
         "[DONE]",
     };
     struct messages_stream s;
-    struct buf out = BUF_INIT;
     messages_stream_init(&s, "claude-ish");
-    feed(&s, chunks, 7, &out);
-    assert_string_equal(out.data,
+    expect_events(&s, chunks, 7,
         START("msg_t1")
         EV("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,"
            "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}")
@@ -352,7 +326,6 @@ static void test_stream_tool_use(void **state)
            "\"output_tokens\":4}}")
         EV("message_stop", "{\"type\":\"message_stop\"}"));
     messages_stream_free(&s);
-    buf_free(&out);
 }
 
 static void test_stream_errors_and_empty(void **state)
@@ -396,6 +369,11 @@ static void test_stream_errors_and_empty(void **state)
 
 /* ---- relays and error shapes -------------------------------------------------------------- */
 
+static int relay(struct codec *c, const char *event, const char *data, struct buf *out)
+{
+    return c->ops->decode_event(c, event, strlen(event), data, strlen(data), out);
+}
+
 static void test_anthropic_relay_events(void **state)
 {
     struct codec c;
@@ -403,12 +381,12 @@ static void test_anthropic_relay_events(void **state)
     codec_init(&c, PROVIDER_ANTHROPIC, EP_MESSAGES, "m", 1);
     const char *start = "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":"
                         "{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}";
-    assert_int_equal(c.ops->decode_event(&c, "message_start", 13, start, strlen(start), &out), 0);
+    assert_int_equal(relay(&c, "message_start", start, &out), 0);
     const char *delta = "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
                         "\"usage\":{\"output_tokens\":42}}";
-    assert_int_equal(c.ops->decode_event(&c, "message_delta", 13, delta, strlen(delta), &out), 0);
+    assert_int_equal(relay(&c, "message_delta", delta, &out), 0);
     assert_false(c.stream_done);
-    assert_int_equal(c.ops->decode_event(&c, "message_stop", 12, "{}", 2, &out), 0);
+    assert_int_equal(relay(&c, "message_stop", "{}", &out), 0);
     assert_true(c.stream_done);
     struct buf want = BUF_INIT;
     buf_printf(&want, "event: message_start\ndata: %s\n\nevent: message_delta\ndata: %s\n\n"
@@ -419,7 +397,7 @@ static void test_anthropic_relay_events(void **state)
     buf_reset(&out);
     const char *err = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
                       "\"message\":\"busy\"}}";
-    assert_int_equal(c.ops->decode_event(&c, "error", 5, err, strlen(err), &out), -1);
+    assert_int_equal(relay(&c, "error", err, &out), -1);
     assert_non_null(strstr(out.data, "busy"));
     codec_free(&c);
     buf_free(&want);
@@ -432,13 +410,11 @@ static void test_responses_relay_events(void **state)
     struct buf out = BUF_INIT;
     codec_init(&c, PROVIDER_OPENAI, EP_RESPONSES, "m", 1);
     const char *d = "{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}";
-    assert_int_equal(c.ops->decode_event(&c, "response.output_text.delta", 26, d, strlen(d),
-                                         &out), 0);
+    assert_int_equal(relay(&c, "response.output_text.delta", d, &out), 0);
     assert_false(c.stream_done);
     const char *done = "{\"type\":\"response.completed\",\"response\":{\"usage\":"
                        "{\"input_tokens\":4,\"output_tokens\":6,\"total_tokens\":10}}}";
-    assert_int_equal(c.ops->decode_event(&c, "response.completed", 18, done, strlen(done),
-                                         &out), 0);
+    assert_int_equal(relay(&c, "response.completed", done, &out), 0);
     assert_true(c.stream_done);
     assert_int_equal(c.prompt_tokens, 4);
     assert_int_equal(c.completion_tokens, 6);
