@@ -249,8 +249,8 @@ static void expect_events(struct messages_stream *s, const char *const *chunks, 
 static void test_stream_text(void **state)
 {
     static const char *const chunks[] = {
-        "{\"id\":\"cc1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
-        "\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}",
+        ("{\"id\":\"cc1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+         "\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}"),
         "{\"id\":\"cc1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}",
         "{\"id\":\"cc1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo \\\"x\\\"\"}}]}",
         "{\"id\":\"cc1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}",
@@ -286,16 +286,16 @@ static void test_stream_tool_use(void **state)
 {
     static const char *const chunks[] = {
         "{\"id\":\"t1\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Let me\"}}]}",
-        "{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_x\","
-        "\"type\":\"function\",\"function\":{\"name\":\"get\",\"arguments\":\"\"}}]}}]}",
-        "{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
-        "{\"arguments\":\"{\\\"c\\\":\"}}]}}]}",
-        "{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
-        "{\"arguments\":\"1}\"}}]}}]}",
-        "{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_y\","
-        "\"function\":{\"name\":\"put\",\"arguments\":\"{}\"}}]}}]}",
-        "{\"id\":\"t1\",\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}],"
-        "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}",
+        ("{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_x\","
+         "\"type\":\"function\",\"function\":{\"name\":\"get\",\"arguments\":\"\"}}]}}]}"),
+        ("{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+         "{\"arguments\":\"{\\\"c\\\":\"}}]}}]}"),
+        ("{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+         "{\"arguments\":\"1}\"}}]}}]}"),
+        ("{\"id\":\"t1\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_y\","
+         "\"function\":{\"name\":\"put\",\"arguments\":\"{}\"}}]}}]}"),
+        ("{\"id\":\"t1\",\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}],"
+         "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}"),
         "[DONE]",
     };
     struct messages_stream s;
@@ -345,10 +345,10 @@ static void test_stream_errors_and_empty(void **state)
         "{\"error\":{\"message\":\"quota gone\",\"type\":\"x\"}}",
         "not json",
         /* arguments for a call that never opened */
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"function\":{\"arguments\":"
-        "\"{}\"}}]}}]}",
-        "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":500,\"id\":\"a\",\"function\":"
-        "{\"name\":\"n\"}}]}}]}",
+        ("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3,\"function\":{\"arguments\":"
+         "\"{}\"}}]}}]}"),
+        ("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":500,\"id\":\"a\",\"function\":"
+         "{\"name\":\"n\"}}]}}]}"),
     };
     static const char *const msg[] = {"quota gone", "undecodable", "undecodable",
                                       "undecodable"};
