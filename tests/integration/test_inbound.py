@@ -4,6 +4,7 @@ import json
 import socket
 import time
 
+import test_docs
 from harness import Case, Daemon, Mock, read_chunked_events
 
 # What the official Anthropic SDKs send besides the body (minus the x-stainless-* telemetry).
@@ -331,6 +332,19 @@ class MessagesTest(Case):
         self.assertEqual(r[1]["response"]["content"][0]["text"], "echo: g2")
         self.assertIn("message", r[2]["error"])
         self.assertGreater(res["usage"]["completion_tokens"], 0)
+
+    def test_answers_match_the_openapi_document(self):
+        check = test_docs.Validate.check
+        for model in ("m", "claude"):
+            st, _, res = self.post_json(msg_body("doc", model=model))
+            self.assertEqual(st, 200)
+            check("Message", res)
+        st, _, res = self.post_json(msg_body("doc", model="nope"))
+        check("AnthropicErrorResponse", res)
+        st, _, res = self.post_json({"model": "claude", "messages": []},
+                                    path="/v1/messages/count_tokens")
+        check("TokenCount", res)
+        check("MessagesRequest", msg_body("doc"))
 
     def test_metrics_count_the_route(self):
         self.post_json(msg_body("count"))
