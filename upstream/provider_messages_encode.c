@@ -1,6 +1,7 @@
 /* provider_messages_encode: an Anthropic Messages request → an OpenAI chat.completions request,
  * for clients on /v1/messages routed to OpenAI-type upstreams. What has no counterpart is
- * either dropped (cache_control, thinking, top_k) or refused with a 400 naming the field. */
+ * either dropped (cache_control, thinking, top_k) or refused with a 400 naming the field
+ * (PDF documents, server tools). */
 #include "upstream/provider_messages.h"
 
 #include <stdarg.h>
@@ -156,6 +157,13 @@ static int enc_user_block(struct enc *e, const json_t *b, const char *p, json_t 
     }
     if (type && !strcmp(type, "tool_result"))
         return enc_tool_result(e, b, p, msgs);
+    const json_t *src = json_object_get(b, "source");
+    const char *kind = json_string_value(json_object_get(src, "type"));
+    const json_t *data = json_object_get(src, "data");
+    if (type && !strcmp(type, "document") && kind && !strcmp(kind, "text") &&
+        json_is_string(data))   /* a plain-text document is text; PDFs have no counterpart */
+        return json_array_append_new(parts, json_pack("{s:s,s:O}", "type", "text", "text",
+                                                      data));
     return enc_fail(e, p, "content block type '%s' is not supported by this model's "
                     "upstream (OpenAI-type)", type ? type : "(none)");
 }

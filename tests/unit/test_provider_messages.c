@@ -65,6 +65,12 @@ static void test_request_basic_fields(void **state)
 static void test_request_images(void **state)
 {
     expect_chat("{\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":["
+                "{\"type\":\"document\",\"source\":{\"type\":\"text\",\"media_type\":"
+                "\"text/plain\",\"data\":\"the doc\"}},{\"type\":\"text\",\"text\":\"sum\"}]}]}",
+                "{\"model\":\"gpt-x\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\","
+                "\"content\":[{\"type\":\"text\",\"text\":\"the doc\"},"
+                "{\"type\":\"text\",\"text\":\"sum\"}]}]}");
+    expect_chat("{\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":["
                 "{\"type\":\"text\",\"text\":\"what\"},"
                 "{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\","
                 "\"data\":\"AAAA\"}},"
@@ -138,7 +144,8 @@ static void test_request_refusals_name_the_field(void **state)
     expect_refused("{\"max_tokens\":1,\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}",
                    "messages[0].role", "role must be");
     expect_refused("{\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-                   "\"text\",\"text\":\"a\"},{\"type\":\"document\",\"source\":{}}]}]}",
+                   "\"text\",\"text\":\"a\"},{\"type\":\"document\",\"source\":{\"type\":"
+                   "\"base64\",\"media_type\":\"application/pdf\",\"data\":\"JVBE\"}}]}]}",
                    "messages[0].content[1]", "'document' is not supported");
     expect_refused("{\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
                    "\"image\",\"source\":{\"type\":\"file\"}}]}]}", "messages[0].content[0]",
