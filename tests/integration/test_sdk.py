@@ -22,7 +22,7 @@ class SdkTest(Case):
             cls.seen = json.loads(r.stdout) if r.returncode == 0 else r.stderr[-3000:]
 
     def setUp(self):
-        self.assertTrue(os.path.isdir(MODULES), "the SDKs are missing: run `make deps`")
+        self.assertTrue(os.path.isdir(MODULES), "the SDKs are missing: run `make test-deps`")
         self.assertIsInstance(self.seen, dict, "the SDK driver failed:\n%s" % self.seen)
 
     def test_create_and_stream_on_both_upstreams(self):
