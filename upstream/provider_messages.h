@@ -34,6 +34,7 @@ struct messages_stream {
     bool done;                      /* message_stop went out */
     int open_block;                 /* index of the open content block, -1 none */
     bool open_is_text;
+    bool tool_used;                 /* a tool_use block was opened */
     int nblocks;                    /* content blocks started so far */
     int tool_block[MESSAGES_MAX_TOOL_CALLS];    /* OpenAI tool index → block index, -1 none */
     const char *stop_reason;        /* static string, from the last finish_reason */

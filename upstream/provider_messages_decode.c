@@ -55,6 +55,10 @@ int messages_from_completion(const char *in, size_t len, const char *client_mode
     if (json_is_string(json_object_get(message, "refusal")) && !json_is_string(
             json_object_get(message, "content")))
         finish = "content_filter";
+    /* Some servers (Ollama, older vLLM) say "stop" with tool calls; agents loop on tool_use. */
+    if (json_array_size(json_object_get(message, "tool_calls")) && (!finish ||
+                                                                    !strcmp(finish, "stop")))
+        finish = "tool_calls";
     msg = json_pack("{s:o,s:s,s:s,s:s,s:o,s:s,s:n,s:o}", "id",
                     json_sprintf("msg_%s", id ? id : "llmux"), "type", "message", "role",
                     "assistant", "model", client_model ? client_model : "", "content",
@@ -195,6 +199,7 @@ static int tool_open(struct messages_stream *s, int i, const char *id, const cha
     int rc = ev_block_stop(s, out);
     s->open_block = s->tool_block[i] = s->nblocks++;
     s->open_is_text = false;
+    s->tool_used = true;
     return rc | ev_begin(out, "content_block_start") |
            buf_printf(out, ",\"index\":%d,\"content_block\":{\"type\":\"tool_use\"",
                       s->open_block) |
@@ -230,11 +235,13 @@ static int on_tool_call(struct messages_stream *s, const json_t *tc, struct buf 
 
 static int ev_finish(struct messages_stream *s, struct buf *out)
 {
+    const char *stop = s->stop_reason ? s->stop_reason : "end_turn";
+    if (s->tool_used && !strcmp(stop, "end_turn"))
+        stop = "tool_use";      /* a "stop" with tool calls, as in messages_from_completion */
     int rc = (s->started ? 0 : ev_message_start(s, out)) | ev_block_stop(s, out);
     rc |= ev_begin(out, "message_delta") |
           buf_printf(out, ",\"delta\":{\"stop_reason\":\"%s\",\"stop_sequence\":null},"
-                          "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld",
-                     s->stop_reason ? s->stop_reason : "end_turn",
+                          "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld", stop,
                      s->prompt_tokens - s->cached_tokens, s->completion_tokens);
     if (s->cached_tokens)
         rc |= buf_printf(out, ",\"cache_read_input_tokens\":%ld", s->cached_tokens);

@@ -208,6 +208,33 @@ static void test_answer_tool_calls(void **state)
                    "\"usage\":{\"input_tokens\":5,\"output_tokens\":9}}", 5, 9);
 }
 
+/* Servers that finish tool calls with "stop" still get tool_use, whole or streamed. */
+static void test_tool_calls_with_stop_are_tool_use(void **state)
+{
+    expect_message("{\"id\":\"o1\",\"choices\":[{\"message\":{\"role\":\"assistant\","
+                   "\"content\":\"\",\"tool_calls\":[{\"id\":\"c\",\"function\":{\"name\":"
+                   "\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"stop\"}]}",
+                   "{\"id\":\"msg_o1\",\"type\":\"message\",\"role\":\"assistant\","
+                   "\"model\":\"claude-ish\",\"content\":[{\"type\":\"tool_use\",\"id\":"
+                   "\"c\",\"name\":\"f\",\"input\":{}}],\"stop_reason\":\"tool_use\","
+                   "\"stop_sequence\":null,\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}",
+                   0, 0);
+    static const char *const chunks[] = {
+        ("{\"id\":\"o2\",\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":"
+         "\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}"),
+        "{\"id\":\"o2\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}",
+        "[DONE]",
+    };
+    struct messages_stream st;
+    struct buf out = BUF_INIT;
+    messages_stream_init(&st, "claude-ish");
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(messages_stream_event(&st, chunks[i], strlen(chunks[i]), &out), 0);
+    assert_non_null(strstr(out.data, "\"stop_reason\":\"tool_use\""));
+    messages_stream_free(&st);
+    buf_free(&out);
+}
+
 static void test_answer_refusal_and_garbage(void **state)
 {
     expect_message("{\"id\":\"c3\",\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":"
@@ -463,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_answer_text),
         cmocka_unit_test(test_answer_tool_calls),
         cmocka_unit_test(test_answer_refusal_and_garbage),
+        cmocka_unit_test(test_tool_calls_with_stop_are_tool_use),
         cmocka_unit_test(test_stop_reason_table),
         cmocka_unit_test(test_stream_text),
         cmocka_unit_test(test_stream_tool_use),
