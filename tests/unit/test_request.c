@@ -121,7 +121,7 @@ static void test_fail_in_anthropic_shape(void **state)
     request_fail(r, 404, "invalid_request_error", "model_not_found", "model", "no such model",
                  OUTCOME_REJECTED);
     assert_string_equal(rec.body.data, "{\"type\":\"error\",\"error\":{\"type\":"
-                        "\"not_found_error\",\"message\":\"no such model\"}}");
+                        "\"not_found_error\",\"message\":\"model: no such model\"}}");
     request_free(r);
     r = request_new(&f->w, f->conf, &sink, NULL, ROUTE_MESSAGES);
     r->error_shape = ERROR_SHAPE_ANTHROPIC;
