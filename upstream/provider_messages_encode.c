@@ -274,7 +274,7 @@ static int enc_options(struct enc *e, const json_t *msg, json_t *chat)
     const char *user = json_string_value(json_object_get(json_object_get(msg, "metadata"),
                                                          "user_id"));
     if (!json_is_integer(mt) || json_integer_value(mt) < 1)
-        return enc_fail(e, "max_tokens", "max_tokens is required: a positive integer");
+        return enc_fail(e, "max_tokens", "a positive integer is required");
     json_object_set(chat, "max_tokens", (json_t *)mt);
     static const char *const copied[] = {"temperature", "top_p"};
     for (size_t i = 0; i < sizeof copied / sizeof *copied; i++) {

@@ -139,7 +139,7 @@ static void test_request_tool_choice_forms(void **state)
 
 static void test_request_refusals_name_the_field(void **state)
 {
-    expect_refused("{\"messages\":[]}", "max_tokens", "max_tokens is required");
+    expect_refused("{\"messages\":[]}", "max_tokens", "is required");
     expect_refused("{\"max_tokens\":0,\"messages\":[]}", "max_tokens", "positive");
     expect_refused("{\"max_tokens\":1,\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}",
                    "messages[0].role", "role must be");
