@@ -387,6 +387,28 @@ keys:
         self.assertIn("retry-after", h)
 
 
+class MessagesBreakerTest(Case):
+    """The circuit breaker guards /v1/messages as it guards chat; its 503 is overloaded_error."""
+    extra = """
+health:
+  failures: 2
+  cooldown: 30s
+"""
+
+    def test_open_breaker_is_overloaded_error_with_retry_after(self):
+        for _ in range(2):
+            st, _, data = self.d.request("POST", "/v1/messages",
+                                         msg_body("x @mock:status=500", model="claude"),
+                                         SDK_HEADERS)
+            self.assertEqual(st, 502, data)
+        st, h, data = self.d.request("POST", "/v1/messages", msg_body("x", model="claude"),
+                                     SDK_HEADERS)
+        res = json.loads(data)
+        self.assertEqual((st, res["error"]["type"]), (503, "overloaded_error"))
+        self.assertIn("retry-after", h)
+        self.assertEqual(self.mock.stats()["received"], 2)
+
+
 class ResponsesTest(Case):
     def post(self, body, headers=None):
         return self.d.request("POST", "/v1/responses", body, headers)
