@@ -216,9 +216,12 @@ static int enc_assistant(struct enc *e, const json_t *content, const char *p, js
         snprintf(bp, sizeof bp, "%s[%zu]", p, i);
         if (type && !strcmp(type, "text") && t)
             buf_puts(&text, t);
-        else if (type && !strcmp(type, "tool_use") && json_object_get(b, "name"))
+        else if (type && !strcmp(type, "tool_use") && json_is_string(json_object_get(b, "name")))
             json_array_append_new(calls, enc_tool_call(b));
-        else if (!type || (strcmp(type, "thinking") && strcmp(type, "redacted_thinking"))) {
+        else if (type && !strcmp(type, "tool_use")) {
+            enc_fail(e, bp, "tool_use needs a name");
+            goto done;
+        } else if (!type || (strcmp(type, "thinking") && strcmp(type, "redacted_thinking"))) {
             enc_fail(e, bp, "content block type '%s' is not supported in an assistant message "
                      "for this model's upstream (OpenAI-type)", type ? type : "(none)");
             goto done;
