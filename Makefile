@@ -106,12 +106,16 @@ fuzz: deps
 	$(FUZZ_CC) tests/fuzz/fuzz_sse.c common/sse.c common/buf.c -o $(BUILD)/fuzz/fuzz_sse
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_conf.c $(CONF_SRC) $(COMMON_SRC) \
 	    -o $(BUILD)/fuzz/fuzz_conf $(PKG_LIBS)
+	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_messages.c $(wildcard upstream/provider*.c) \
+	    common/buf.c common/json_scan.c -o $(BUILD)/fuzz/fuzz_messages $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_http_parser -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    tests/fuzz/corpus
 	$(BUILD)/fuzz/fuzz_sse -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=2048 \
 	    tests/fuzz/corpus-sse
 	$(BUILD)/fuzz/fuzz_conf -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
 	    tests/fuzz/corpus-conf
+	$(BUILD)/fuzz/fuzz_messages -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
+	    tests/fuzz/corpus-messages
 
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -42,6 +42,8 @@ struct conn {
     unsigned char state;
     bool close_after, above_high, chunked_body, reading, broken;
     char peer[REQUEST_CLIENT_MAX];  /* "addr:port", "[v6]:port" or "unix" */
+    bool anthropic_errors;      /* the request being read is for /v1/messages*: conn_error
+                                 * answers in Anthropic's error shape */
 };
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents);
@@ -330,10 +332,17 @@ static void conn_error(struct conn *c, int status, const char *message)
 {
     struct buf b = BUF_INIT, body = BUF_INIT;
     c->close_after = true;
-    buf_puts(&body, "{\"error\":{\"message\":\"");
-    buf_json_escape(&body, message, strlen(message));
-    buf_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}",
-               status == 408 ? "timeout_error" : "invalid_request_error");
+    if (c->anthropic_errors) {
+        buf_printf(&body, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"",
+                   anthropic_error_type(status));
+        buf_json_escape(&body, message, strlen(message));
+        buf_puts(&body, "\"}}");
+    } else {
+        buf_puts(&body, "{\"error\":{\"message\":\"");
+        buf_json_escape(&body, message, strlen(message));
+        buf_printf(&body, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}",
+                   status == 408 ? "timeout_error" : "invalid_request_error");
+    }
     put_head(c, &b, status, NULL);
     buf_printf(&b, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s", body.len,
                body.data);
@@ -408,7 +417,9 @@ static void conn_process(struct conn *c)
     struct http_head head;
     int status = 0;
     if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
+        head.path.len = 0;
         int n = http_parse_head(c->in.data, c->in.len, &lim, &head, &status);
+        c->anthropic_errors = head.path.len >= 12 && !memcmp(head.path.p, "/v1/messages", 12);
         if (n == -2) {
             if (c->state == CONN_IDLE && c->in.len)
                 enter(c, CONN_HEAD);

@@ -91,7 +91,9 @@ static int opt_bool(struct request *r, json_t *body, const char *name, bool *out
     return 0;
 }
 
-/* Item shape: a chat body, or {"endpoint": "/v1/embeddings", "body": {...}}. */
+/* Item shape: a chat body, or {"endpoint": "/v1/embeddings", "body": {...}}. Entries keep the
+ * gather's (OpenAI) error shape whatever the item's endpoint; a /v1/messages item's response
+ * is the Message. */
 static int parse_item(struct request *r, json_t *it, size_t i, struct gather_item *out)
 {
     char param[64], msg[160];
@@ -109,10 +111,12 @@ static int parse_item(struct request *r, json_t *it, size_t i, struct gather_ite
             out->ep = EP_EMBEDDINGS;
         else if (e && strcmp(e, "/v1/completions") == 0)
             out->ep = EP_COMPLETIONS;
+        else if (e && strcmp(e, "/v1/messages") == 0)
+            out->ep = EP_MESSAGES;
         else if (!e || strcmp(e, "/v1/chat/completions") != 0) {
             snprintf(param, sizeof param, "requests[%zu].endpoint", i);
-            fail400(r, param, "endpoint must be /v1/chat/completions, /v1/completions or "
-                              "/v1/embeddings");
+            fail400(r, param, "endpoint must be /v1/chat/completions, /v1/completions, "
+                              "/v1/embeddings or /v1/messages");
             return -1;
         }
         if (!json_is_object(b)) {
@@ -288,7 +292,8 @@ static void start_item(struct gather *g, size_t i)
     struct request *p = g->parent;
     struct gather_item *it = &g->items[i];
     enum route_id route = it->ep == EP_EMBEDDINGS ? ROUTE_EMBEDDINGS
-                       : it->ep == EP_COMPLETIONS ? ROUTE_COMPLETIONS : ROUTE_CHAT;
+                       : it->ep == EP_COMPLETIONS ? ROUTE_COMPLETIONS
+                       : it->ep == EP_MESSAGES ? ROUTE_MESSAGES : ROUTE_CHAT;
     struct request *r = request_new(p->w, p->conf, &item_sink, g, route);
     if (!r) {
         entry_error(it, 503, "server_error", "overloaded", "out of memory", i);
@@ -305,6 +310,7 @@ static void start_item(struct gather *g, size_t i)
     request_set_client(r, p->client, p->user_agent,
                        p->user_agent ? strlen(p->user_agent) : 0);
     buf_append(&r->fwd_headers, p->fwd_headers.data, p->fwd_headers.len);
+    memcpy(r->anthropic_version, p->anthropic_version, sizeof r->anthropic_version);
     memcpy(r->method, p->method, sizeof r->method);
     memcpy(r->path, p->path, sizeof r->path);
     snprintf(r->id, sizeof r->id, "%.*s.%u", REQUEST_ID_MAX - 12, p->id, (unsigned)i % 100000);

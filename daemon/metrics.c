@@ -12,6 +12,7 @@ static const int status_codes[METRICS_STATUS_SLOTS] = {
 
 static const char *const route_names[ROUTE_COUNT] = {
     "chat", "completions", "embeddings", "models", "gather", "jobs",
+    "messages", "messages_count_tokens", "responses",
     "healthz", "readyz", "metrics", "other",
 };
 static const char *const outcome_names[OUTCOME_COUNT] = {

@@ -79,6 +79,33 @@ static unsigned per_worker(unsigned total, const struct worker *w)
     return n ? n : 1;
 }
 
+/* Targets whose provider has no such endpoint are left out of the order (a model mixing
+ * OpenAI and Anthropic targets serves /v1/responses from the OpenAI ones); with none left the
+ * request can't be served on this model at all. */
+static int only_capable(struct proxy *p)
+{
+    struct request *r = p->r;
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->norder; i++)
+        if (codec_supports(p->model->targets[p->order[i]].upstream->provider, r->ep))
+            p->order[n++] = p->order[i];
+    if (n || !p->norder) {
+        p->norder = n;
+        return 0;
+    }
+    char msg[200];
+    bool tokens = r->ep == EP_COUNT_TOKENS;
+    snprintf(msg, sizeof msg, "model %.80s has no %s target: %s", p->model->name,
+             r->ep == EP_RESPONSES ? "OpenAI-type" : tokens ? "Anthropic" : "suitable",
+             r->ep == EP_RESPONSES ? "this endpoint needs an OpenAI-type target"
+             : tokens ? "token counting is only relayed to Anthropic upstreams"
+                      : "its upstreams do not offer this endpoint");
+    request_fail(r, tokens ? 501 : 400, "invalid_request_error",
+                 tokens ? "not_implemented" : "unsupported_endpoint", "model", msg,
+                 OUTCOME_REJECTED);
+    return -1;
+}
+
 static int proxy_begin(struct request *r, json_t *body, const struct conf_model *m)
 {
     struct proxy *p = calloc(1, sizeof *p);
@@ -98,6 +125,11 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     for (size_t i = 0; i < m->ntargets && i < ROUTE_MAX_TARGETS; i++)
         health[i] = worker_health(r->w, m->targets[i].upstream->name);
     p->norder = route_order(m, health, &r->w->rng, p->order);
+    if (only_capable(p) < 0) {
+        json_decref(body);
+        free(p);
+        return -1;
+    }
     p->fail_status = 503;
     p->fail_type = "upstream_error";
     p->fail_code = "no_healthy_upstream";
@@ -209,6 +241,14 @@ static void give_up(struct proxy *p)
     r->retry_after_s = p->fail_status == 429 || p->fail_status == 503
                            ? (p->retry_after_ms > 0 ? (p->retry_after_ms + 999) / 1000 : 1)
                            : -1;
+    if (p->fail_body && r->error_shape != ERROR_SHAPE_OPENAI) {
+        /* Relayed in the client's shape: the message kept, the type named after the status. */
+        const json_t *m = json_object_get(json_object_get(p->fail_body, "error"), "message");
+        request_fail(r, p->fail_status, "upstream_error", NULL, NULL,
+                     json_is_string(m) ? json_string_value(m) : "upstream error",
+                     OUTCOME_UPSTREAM_ERROR);
+        return;
+    }
     if (p->fail_body) {
         char *text = json_dumps(p->fail_body, JSON_COMPACT);
         request_respond(r, p->fail_status, text ? text : "{}", text ? strlen(text) : 2);
@@ -239,7 +279,7 @@ static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstr
         h = curl_slist_append(h, b.data);
         buf_free(&b);
     }
-    return p->codec.ops->auth(up, h);
+    return p->codec.ops->auth(&p->codec, up, h);
 }
 
 /* Prepares the call for the current target; -1 when this target can't take the request. */
@@ -250,7 +290,8 @@ static int launch(struct proxy *p)
     const char *model = p->target->model ? p->target->model : r->model;
     if (p->codec.ops)
         codec_free(&p->codec);
-    codec_init(&p->codec, up->provider, model, (long)time(NULL));
+    codec_init(&p->codec, up->provider, r->ep, model, (long)time(NULL));
+    p->codec.anthropic_version = r->anthropic_version[0] ? r->anthropic_version : NULL;
     const char *path = p->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
     struct buf body = BUF_INIT;

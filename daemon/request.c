@@ -168,18 +168,35 @@ void request_stream_end(struct request *r, bool complete)
     r->sink->stream_end(r, complete);
 }
 
+/* The error object in the request's shape. Anthropic's has no param, so the field at fault
+ * leads the message, the way Anthropic words its own ("max_tokens: Field required"). */
+static json_t *error_object(const struct request *r, int status, const char *type,
+                            const char *code, const char *param, const char *message)
+{
+    if (r->error_shape != ERROR_SHAPE_ANTHROPIC)
+        return openai_error(message, type, param, code);
+    if (!param || !*param)
+        return anthropic_error(status, message);
+    struct buf m = BUF_INIT;
+    json_t *err = buf_printf(&m, "%s: %s", param, message) == 0 ? anthropic_error(status, m.data)
+                                                                 : NULL;
+    buf_free(&m);
+    return err;
+}
+
 void request_fail(struct request *r, int status, const char *type, const char *code,
                   const char *param, const char *message, enum outcome o)
 {
     if (r->ended)
         return;
-    json_t *err = openai_error(message, type, param, code);
+    bool anthropic = r->error_shape == ERROR_SHAPE_ANTHROPIC;
+    json_t *err = error_object(r, status, type, code, param, message);
     char *text = err ? json_dumps(err, JSON_COMPACT) : NULL;
     const char *body = text ? text : "{\"error\":{\"message\":\"out of memory\"}}";
     if (r->streaming) {
         /* Mid-stream: the error travels as an event, then the body is cut short on purpose. */
         struct buf ev = BUF_INIT;
-        buf_printf(&ev, "data: %s\n\n", body);
+        buf_printf(&ev, "%sdata: %s\n\n", anthropic ? "event: error\n" : "", body);
         request_stream_data(r, ev.data, ev.len);
         request_stream_end(r, false);
         buf_free(&ev);

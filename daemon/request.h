@@ -34,6 +34,9 @@ struct sink_ops {
 #define REQUEST_CLIENT_MAX 56           /* "[v6 address]:port" */
 #define REQUEST_UA_MAX 256              /* user agents are cut to this many bytes in the log */
 
+/* The error shape a request's client expects, a property of the endpoint it came in on. */
+enum error_shape { ERROR_SHAPE_OPENAI, ERROR_SHAPE_ANTHROPIC };
+
 struct request {
     struct worker *w;
     struct conf *conf;                  /* reference held for the request's whole life */
@@ -42,6 +45,8 @@ struct request {
     char id[REQUEST_ID_MAX + 1];
     enum route_id route;
     enum endpoint ep;
+    enum error_shape error_shape;       /* how request_fail words errors */
+    char anthropic_version[32];         /* the client's anthropic-version header, or "" */
     const struct conf_key *key;         /* NULL when the gateway is open */
     char *model;                        /* client's model name (for logs), owned */
     const struct conf_model *cmodel;    /* the configured model it resolved to, or NULL */
@@ -88,8 +93,9 @@ void request_set_client(struct request *r, const char *client, const char *ua, s
 void request_end(struct request *r, enum outcome o);
 void request_free(struct request *r);
 
-/* Answers with an OpenAI-shaped error (or, mid-stream, an SSE error event and a truncated end)
- * and ends the request with outcome o. */
+/* Answers with an error in the request's error shape (or, mid-stream, an SSE error event and a
+ * truncated end) and ends the request with outcome o. The one place errors are worded:
+ * Anthropic's shape keeps the message and names its type after the status. */
 void request_fail(struct request *r, int status, const char *type, const char *code,
                   const char *param, const char *message, enum outcome o);
 /* Answers with a complete JSON body and ends the request as completed. */

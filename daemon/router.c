@@ -27,6 +27,9 @@ static const struct route routes[] = {
     {"/v1/embeddings", HTTP_POST, "POST", ROUTE_EMBEDDINGS, true},
     {"/v1/models", HTTP_GET, "GET", ROUTE_MODELS, true},
     {"/v1/gather", HTTP_POST, "POST", ROUTE_GATHER, true},
+    {"/v1/messages", HTTP_POST, "POST", ROUTE_MESSAGES, true},
+    {"/v1/messages/count_tokens", HTTP_POST, "POST", ROUTE_COUNT_TOKENS, true},
+    {"/v1/responses", HTTP_POST, "POST", ROUTE_RESPONSES, true},
     {"/healthz", HTTP_GET, "GET", ROUTE_HEALTHZ, false},
     {"/readyz", HTTP_GET, "GET", ROUTE_READYZ, false},
     {"/metrics", HTTP_GET, "GET", ROUTE_METRICS, false},
@@ -69,6 +72,43 @@ static void set_id(struct request *r, const struct http_head *h)
  * Everything else (cookies, the client's own key, hop-by-hop fields) stays at the gateway. */
 static const char *const forwarded_headers[] = {"openai-beta", "anthropic-beta"};
 
+/* The endpoint a route serves upstream; routes that don't reach an upstream have none. */
+static enum endpoint route_endpoint(enum route_id id)
+{
+    switch (id) {
+    case ROUTE_COMPLETIONS: return EP_COMPLETIONS;
+    case ROUTE_EMBEDDINGS: return EP_EMBEDDINGS;
+    case ROUTE_MESSAGES: return EP_MESSAGES;
+    case ROUTE_COUNT_TOKENS: return EP_COUNT_TOKENS;
+    case ROUTE_RESPONSES: return EP_RESPONSES;
+    default: return EP_CHAT;
+    }
+}
+
+/* anthropic-version goes to Anthropic upstreams as the client sent it (a short token, so it
+ * can't smuggle anything into the upstream's headers); absent, the codec's default is used. */
+static int take_anthropic_version(struct request *r, const struct http_head *h)
+{
+    const struct http_header *v = http_find_header(h, "anthropic-version");
+    if (!v)
+        return 0;
+    bool ok = v->value.len > 0 && v->value.len < sizeof r->anthropic_version;
+    for (size_t i = 0; ok && i < v->value.len; i++) {
+        char c = v->value.p[i];
+        ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+             c == '-' || c == '.' || c == '_';
+    }
+    if (!ok && r->error_shape != ERROR_SHAPE_ANTHROPIC)
+        return 0;       /* only /v1/messages* (and its gather items) use it */
+    if (!ok) {
+        fail400(r, "anthropic-version", "invalid_header",
+                "anthropic-version must be a version such as 2023-06-01");
+        return -1;
+    }
+    copy_slice(r->anthropic_version, sizeof r->anthropic_version, v->value);
+    return 0;
+}
+
 static void collect_forwarded(struct request *r, const struct http_head *h)
 {
     for (size_t i = 0; i < sizeof forwarded_headers / sizeof *forwarded_headers; i++) {
@@ -97,7 +137,8 @@ static int authenticate(struct request *r, const struct http_head *h)
     }
     if (!key.len) {
         request_fail(r, 401, "authentication_error", "missing_api_key", NULL,
-                     "missing API key: send Authorization: Bearer <key>", OUTCOME_REJECTED);
+                     "missing API key: send Authorization: Bearer <key> or x-api-key",
+                     OUTCOME_REJECTED);
         return -1;
     }
     r->key = conf_find_key(r->conf, key.p, key.len);
@@ -152,8 +193,9 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
         fail400(r, param, "invalid_type", "stream must be a boolean");
         return;
     }
-    r->stream = json_is_true(stream) && r->ep != EP_EMBEDDINGS;
-    if (r->ep == EP_CHAT && !json_is_array(json_object_get(body, "messages"))) {
+    r->stream = json_is_true(stream) && r->ep != EP_EMBEDDINGS && r->ep != EP_COUNT_TOKENS;
+    bool has_messages = r->ep == EP_CHAT || r->ep == EP_MESSAGES || r->ep == EP_COUNT_TOKENS;
+    if (has_messages && !json_is_array(json_object_get(body, "messages"))) {
         snprintf(param, sizeof param, "%smessages", pp);
         json_decref(body);
         fail400(r, param, "missing_messages", "messages must be an array of messages");
@@ -274,8 +316,7 @@ static void handle(struct request *r, const struct route *rt, const char *body, 
             gather_start(r, j);
         return;
     default:
-        r->ep = rt->id == ROUTE_CHAT ? EP_CHAT
-              : rt->id == ROUTE_COMPLETIONS ? EP_COMPLETIONS : EP_EMBEDDINGS;
+        r->ep = route_endpoint(rt->id);
         if ((j = parse_body(r, body, len))) {
             buf_append(&r->body_raw, body, len);    /* lets the codec splice, not re-encode */
             router_start_upstream(r, j, "");
@@ -296,6 +337,8 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
             continue;
         path_known = true;
         r->allow = routes[i].allow;
+        r->error_shape = routes[i].id == ROUTE_MESSAGES || routes[i].id == ROUTE_COUNT_TOKENS
+                             ? ERROR_SHAPE_ANTHROPIC : ERROR_SHAPE_OPENAI;
         if (head->method == routes[i].method)
             rt = &routes[i];
     }
@@ -315,6 +358,8 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
     if (rt->needs_key && authenticate(r, head) < 0)
         return;
     if (rt->needs_key && set_controls(r, head) < 0)
+        return;
+    if (rt->needs_key && take_anthropic_version(r, head) < 0)
         return;
     if (rt->needs_key)
         collect_forwarded(r, head);

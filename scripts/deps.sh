@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what llmux needs to build and run, only what is missing: Debian packages (as root
 # it runs apt-get; otherwise it names what is missing and fails). With --test it also installs
-# what the tests need: Node.js and the OpenAPI validator the docs test runs, from npm into
-# tests/openapi/ (pinned by its package-lock.json). Afterwards nothing needs the network.
+# what the tests need: Node.js, the OpenAPI validator the docs test runs (into tests/openapi/)
+# and the official Anthropic and OpenAI SDKs test_sdk drives (into tests/sdk/), from npm, each
+# pinned by its package-lock.json. Afterwards nothing needs the network.
 set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libev-dev libcurl4-openssl-dev
@@ -32,4 +33,8 @@ fi
 if [ -n "$TESTING" ] && [ ! -x tests/openapi/node_modules/.bin/validate-api ]; then
     echo "llmux: installing the OpenAPI validator (npm ci in tests/openapi)"
     npm ci --prefix tests/openapi --no-audit --no-fund --loglevel=error >/dev/null
+fi
+if [ -n "$TESTING" ] && [ ! -d tests/sdk/node_modules/@anthropic-ai/sdk ]; then
+    echo "llmux: installing the Anthropic and OpenAI SDKs (npm ci in tests/sdk)"
+    npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -1,5 +1,6 @@
-/* provider: the codec seam. The gateway speaks OpenAI; a codec turns a request into one
- * provider's wire format and its answers (bodies, stream events, errors) back into OpenAI's. */
+/* provider: the codec seam. A codec turns a client's request on one endpoint into one
+ * provider's wire format and its answers (bodies, stream events, errors) back into the shape
+ * that endpoint's clients expect: OpenAI's, or Anthropic's on /v1/messages. */
 #ifndef LLMUX_PROVIDER_H
 #define LLMUX_PROVIDER_H
 
@@ -10,17 +11,25 @@
 #include "common/buf.h"
 #include "conf/conf.h"
 #include "upstream/provider_anthropic.h"
+#include "upstream/provider_messages.h"
 
-enum endpoint { EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_COUNT };
+/* Client-facing endpoints that reach an upstream. EP_MESSAGES and EP_COUNT_TOKENS are
+ * Anthropic's /v1/messages and /v1/messages/count_tokens; EP_RESPONSES is OpenAI's. */
+enum endpoint {
+    EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_MESSAGES, EP_COUNT_TOKENS, EP_RESPONSES, EP_COUNT
+};
 
 /* Per-call translation state. */
 struct codec {
     const struct codec_ops *ops;
     const char *model;              /* the model asked of the upstream (borrowed): reported
                                      * when the upstream's answer names none */
+    enum endpoint ep;
+    const char *anthropic_version;  /* the client's anthropic-version, or NULL (borrowed) */
     bool stream_done;               /* the terminal event ([DONE] / message_stop) was relayed */
     long prompt_tokens, completion_tokens;
     struct anthropic_stream anthropic;
+    struct messages_stream messages;
 };
 
 struct codec_ops {
@@ -35,7 +44,8 @@ struct codec_ops {
                   unsigned default_max_tokens, struct buf *out, char *err, size_t errlen,
                   char *param, size_t paramlen);
     /* Authentication and provider headers. */
-    struct curl_slist *(*auth)(const struct conf_upstream *up, struct curl_slist *h);
+    struct curl_slist *(*auth)(const struct codec *c, const struct conf_upstream *up,
+                               struct curl_slist *h);
     /* A complete 2xx body → OpenAI JSON in out; leaves out empty to mean "relay as is".
      * -1 when the body is not what the provider promised (garbage → 502). */
     int (*decode_body)(struct codec *c, enum endpoint ep, const char *in, size_t len,
@@ -48,12 +58,27 @@ struct codec_ops {
     json_t *(*decode_error)(long status, const char *body, size_t len);
 };
 
-void codec_init(struct codec *c, enum conf_provider p, const char *model, long created);
+void codec_init(struct codec *c, enum conf_provider p, enum endpoint ep,
+                const char *model, long created);
 void codec_free(struct codec *c);
+/* Whether provider p serves endpoint ep at all (directly or translated). */
+bool codec_supports(enum conf_provider p, enum endpoint ep);
 
 /* Shared helpers for codecs and the gateway. */
 json_t *openai_error(const char *message, const char *type, const char *param, const char *code);
-/* Reads usage.prompt_tokens/completion_tokens from an OpenAI object, when present. */
+/* Anthropic's error shape {"type":"error","error":{"type","message"}}, its type named after
+ * the HTTP status (400 invalid_request_error … 529 overloaded_error). */
+json_t *anthropic_error(int status, const char *message);
+const char *anthropic_error_type(int status);
+/* The client's body with its top-level "model" replaced (bytes spliced when raw is known,
+ * else re-encoded from body). -1 out of memory (err set). */
+int codec_splice_model(json_t *body, const struct buf *raw, const char *model, struct buf *out,
+                       char *err, size_t errlen);
+/* Appends one SSE event as received: "event: NAME\n" (when named) "data: DATA\n\n". */
+int codec_sse_frame(struct buf *out, const char *event, size_t elen, const char *data,
+                    size_t dlen);
+/* Reads usage.prompt_tokens/completion_tokens from an OpenAI object, when present (or the
+ * input_tokens/output_tokens of Anthropic messages and OpenAI responses). */
 void openai_usage(const json_t *obj, long *prompt, long *completion);
 /* The same from JSON text, parsing only its top-level `usage` member. */
 void openai_usage_text(const char *body, size_t len, long *prompt, long *completion);

@@ -1,21 +1,29 @@
 /* provider_anthropic_ops: the Anthropic codec's seat in the codec table — wires the pure
- * translation functions of provider_anthropic.c to struct codec_ops. */
+ * translation functions of provider_anthropic.c to struct codec_ops, and relays Anthropic
+ * clients (/v1/messages, count_tokens) as they came, with only the model spliced. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/json_write.h"
+#include "common/json_scan.h"
 #include "upstream/provider.h"
 
 static const char *anthropic_path(enum endpoint ep)
 {
-    return ep == EP_CHAT ? "/v1/messages" : NULL;   /* no completions/embeddings API */
+    switch (ep) {
+    case EP_CHAT: case EP_MESSAGES: return "/v1/messages";
+    case EP_COUNT_TOKENS: return "/v1/messages/count_tokens";
+    default: return NULL;   /* no completions, embeddings or responses API */
+    }
 }
 
 static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *raw,
                             const char *model, unsigned default_max_tokens, struct buf *out,
                             char *err, size_t errlen, char *param, size_t paramlen)
 {
+    if (ep != EP_CHAT)
+        return codec_splice_model(body, raw, model, out, err, errlen);
     json_t *msg = anthropic_encode_chat(body, model, default_max_tokens, err, errlen, param,
                                         paramlen);
     int rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
@@ -23,9 +31,15 @@ static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *ra
     return rc;
 }
 
-static struct curl_slist *anthropic_auth(const struct conf_upstream *up, struct curl_slist *h)
+/* A client of /v1/messages picks its API version; chat translation is written against ours. */
+static struct curl_slist *anthropic_auth(const struct codec *c, const struct conf_upstream *up,
+                                         struct curl_slist *h)
 {
-    h = curl_slist_append(h, "anthropic-version: " ANTHROPIC_VERSION);
+    char version[64];
+    snprintf(version, sizeof version, "anthropic-version: %s",
+             c->ep != EP_CHAT && c->anthropic_version ? c->anthropic_version
+                                                      : ANTHROPIC_VERSION);
+    h = curl_slist_append(h, version);
     if (up->api_key && up->api_key[0]) {
         char line[1024];
         snprintf(line, sizeof line, "x-api-key: %s", up->api_key);
@@ -35,9 +49,37 @@ static struct curl_slist *anthropic_auth(const struct conf_upstream *up, struct 
     return h;
 }
 
+/* input_tokens leaves out cached prompt tokens; the gateway's prompt count includes them. */
+static void relay_usage(struct codec *c, const json_t *u, bool with_output)
+{
+    if (!json_is_object(u))
+        return;
+    c->prompt_tokens = (long)(json_integer_value(json_object_get(u, "input_tokens")) +
+                              json_integer_value(json_object_get(u, "cache_read_input_tokens")) +
+                              json_integer_value(json_object_get(u,
+                                                                 "cache_creation_input_tokens")));
+    if (with_output)
+        c->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+}
+
+static int relay_body(struct codec *c, enum endpoint ep, const char *in, size_t len)
+{
+    size_t start, end;
+    if (json_scan_object(in, len) < 0)
+        return -1;
+    if (ep == EP_MESSAGES && json_scan_member(in, len, "usage", &start, &end) == 0) {
+        json_t *u = json_loadb(in + start, end - start, 0, NULL);
+        relay_usage(c, u, true);
+        json_decref(u);
+    }
+    return 0;
+}
+
 static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, size_t len,
                           struct buf *out)
 {
+    if (ep != EP_CHAT)
+        return relay_body(c, ep, in, len);
     json_t *msg = json_loadb(in, len, 0, NULL);
     json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->model) : NULL;
     json_decref(msg);
@@ -49,9 +91,48 @@ static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, siz
     return rc;
 }
 
+/* Events go out as they came. Only those with usage (message_start, message_delta) or an error
+ * are parsed; message_stop ends the stream. */
+static int relay_event(struct codec *c, const char *event, size_t elen, const char *data,
+                       size_t dlen, struct buf *out)
+{
+    bool start = elen == 13 && !memcmp(event, "message_start", 13);
+    bool delta = elen == 13 && !memcmp(event, "message_delta", 13);
+    if (elen == 5 && !memcmp(event, "error", 5)) {
+        json_t *e = anthropic_decode_error(500, data, dlen);
+        char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+        buf_reset(out);
+        buf_puts(out, text ? text : "{}");
+        free(text);
+        json_decref(e);
+        return -1;
+    }
+    if (start || delta) {
+        json_t *j = json_loadb(data, dlen, 0, NULL);
+        if (!json_is_object(j)) {
+            json_decref(j);
+            buf_reset(out);
+            buf_puts(out, "{\"error\":{\"message\":\"upstream sent an undecodable stream "
+                          "event\",\"type\":\"upstream_error\"}}");
+            return -1;
+        }
+        const json_t *u = json_object_get(start ? json_object_get(j, "message") : j, "usage");
+        if (start || json_is_integer(json_object_get(u, "input_tokens")))
+            relay_usage(c, u, start);
+        if (json_is_integer(json_object_get(u, "output_tokens")))
+            c->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+        json_decref(j);
+    }
+    if (elen == 12 && !memcmp(event, "message_stop", 12))
+        c->stream_done = true;
+    return codec_sse_frame(out, event, elen, data, dlen);
+}
+
 static int anthropic_event(struct codec *c, const char *event, size_t elen, const char *data,
                            size_t dlen, struct buf *out)
 {
+    if (c->ep != EP_CHAT)
+        return relay_event(c, event, elen, data, dlen, out);
     int rc = anthropic_stream_event(&c->anthropic, event, elen, data, dlen, out);
     c->stream_done = c->anthropic.done;
     c->prompt_tokens = c->anthropic.prompt_tokens;

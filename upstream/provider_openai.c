@@ -1,5 +1,6 @@
 /* provider_openai: codec for OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, Groq…).
- * Bodies pass through; we only check they are what was promised and read usage. */
+ * OpenAI endpoints pass through (we only check answers are what was promised and read usage);
+ * Anthropic clients on /v1/messages are translated by provider_messages*.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,36 +15,28 @@ static const char *openai_path(enum endpoint ep)
         [EP_CHAT] = "/chat/completions",
         [EP_COMPLETIONS] = "/completions",
         [EP_EMBEDDINGS] = "/embeddings",
+        [EP_MESSAGES] = "/chat/completions",        /* translated */
+        [EP_RESPONSES] = "/responses",
     };
     return paths[ep];
 }
 
-/* Only "model" changes. With the client's text at hand, its bytes are spliced around the new
- * value: no tree copy, no re-serialisation, and the body goes upstream as the client wrote it. */
 static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
                          const char *model, unsigned default_max_tokens, struct buf *out,
                          char *err, size_t errlen, char *param, size_t paramlen)
 {
-    size_t start, end;
-    if (raw && raw->len && json_scan_member(raw->data, raw->len, "model", &start, &end) == 0) {
-        if (buf_reserve(out, raw->len + strlen(model) + 16) == 0) {
-            buf_append(out, raw->data, start);
-            buf_puts(out, "\"");
-            buf_json_escape(out, model, strlen(model));
-            buf_puts(out, "\"");
-            buf_append(out, raw->data + end, raw->len - end);
-            return 0;
-        }
-    }
-    /* No text at hand (a gather item): written with the client's numbers kept (json_write) */
-    int rc = json_object_set_new(body, "model", json_string(model)) == 0
-                 ? json_write(body, out) : -1;
-    if (rc < 0)
+    if (ep != EP_MESSAGES)
+        return codec_splice_model(body, raw, model, out, err, errlen);
+    json_t *chat = messages_to_chat(body, model, err, errlen, param, paramlen);
+    int rc = chat ? json_write(chat, out) : -1;   /* numbers as the client wrote them */
+    if (chat && rc < 0)
         snprintf(err, errlen, "out of memory");
+    json_decref(chat);
     return rc;
 }
 
-static struct curl_slist *openai_auth(const struct conf_upstream *up, struct curl_slist *h)
+static struct curl_slist *openai_auth(const struct codec *c, const struct conf_upstream *up,
+                                      struct curl_slist *h)
 {
     if (up->api_key && up->api_key[0]) {
         char line[1024];
@@ -57,6 +50,9 @@ static struct curl_slist *openai_auth(const struct conf_upstream *up, struct cur
 static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in, size_t len,
                               struct buf *out)
 {
+    if (ep == EP_MESSAGES)
+        return messages_from_completion(in, len, c->model, out, &c->prompt_tokens,
+                                        &c->completion_tokens);
     /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
      * cost a fraction of parsing the whole answer. */
     if (json_scan_object(in, len) < 0)
@@ -65,9 +61,39 @@ static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in,
     return 0;
 }
 
+/* Responses API events pass through with their names; the terminal ones end the stream and
+ * response.completed carries the usage. */
+static int responses_event(struct codec *c, const char *event, size_t elen, const char *data,
+                           size_t dlen, struct buf *out)
+{
+    static const char *const terminal[] = {
+        "response.completed", "response.incomplete", "response.failed", "error",
+    };
+    for (size_t i = 0; i < sizeof terminal / sizeof *terminal; i++)
+        if (elen == strlen(terminal[i]) && !memcmp(event, terminal[i], elen))
+            c->stream_done = true;
+    if (elen == 18 && !memcmp(event, "response.completed", 18)) {
+        json_t *j = json_loadb(data, dlen, 0, NULL);
+        openai_usage(json_object_get(j, "response"), &c->prompt_tokens, &c->completion_tokens);
+        json_decref(j);
+    }
+    if (dlen == 6 && !memcmp(data, "[DONE]", 6))
+        c->stream_done = true;
+    return codec_sse_frame(out, event, elen, data, dlen);
+}
+
 static int openai_decode_event(struct codec *c, const char *event, size_t elen,
                                const char *data, size_t dlen, struct buf *out)
 {
+    if (c->ep == EP_MESSAGES) {
+        int rc = messages_stream_event(&c->messages, data, dlen, out);
+        c->stream_done = c->messages.done;
+        c->prompt_tokens = c->messages.prompt_tokens;
+        c->completion_tokens = c->messages.completion_tokens;
+        return rc;
+    }
+    if (c->ep == EP_RESPONSES)
+        return responses_event(c, event, elen, data, dlen, out);
     if (dlen == 6 && memcmp(data, "[DONE]", 6) == 0) {
         c->stream_done = true;
         return buf_puts(out, "data: [DONE]\n\n");

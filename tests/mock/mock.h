@@ -23,6 +23,8 @@ enum mock_api {
     MOCK_API_EMBEDDINGS,
     MOCK_API_MODELS,
     MOCK_API_MESSAGES,               /* Anthropic: its own error shape and stream events */
+    MOCK_API_COUNT_TOKENS,           /* Anthropic /v1/messages/count_tokens */
+    MOCK_API_RESPONSES,              /* OpenAI Responses API: typed stream events */
 };
 
 /* Behaviour directives of one request; a field left at -1 (or false) was not given. */
@@ -30,7 +32,7 @@ struct mock_dirs {
     char raw[MOCK_DIRS_MAX + 1];     /* the list as written: fail_first counts per this string */
     size_t raw_len;
     long delay_ms, status, retry_after, stream_n, interval_ms, reset_after, bytes, fail_first;
-    bool reset, garbage, stall;
+    bool reset, garbage, stall, tool;
 };
 
 /* What a successful answer says, derived once from the request body. */
@@ -38,6 +40,7 @@ struct mock_reply {
     enum mock_api api;
     bool stream;
     bool sized;                      /* bytes=N: every chunk carries the whole text */
+    bool tool;                       /* chat: answer with a tool call whose arguments are text */
     unsigned long id;
     long created;
     long prompt_tokens, completion_tokens;

@@ -196,7 +196,8 @@ static bool target_is(const struct mock_conn *c, const char *path)
 /* Errors take the Anthropic shape on its path, whatever went wrong, and OpenAI's elsewhere. */
 static int answer_error(struct mock_conn *c, int status, const char *msg, long retry_after)
 {
-    reply_error_body(&c->body, target_is(c, "/v1/messages"), status, msg);
+    reply_error_body(&c->body, c->kind == MOCK_API_MESSAGES || c->kind == MOCK_API_COUNT_TOKENS,
+                     status, msg);
     return answer_body(c, status, "application/json", retry_after);
 }
 
@@ -253,7 +254,8 @@ static int conn_answer(struct mock_conn *c)
     if (c->route_status)
         return answer_error(c, c->route_status, c->route_status == 404 ? "mock: no such endpoint"
                             : "mock: method not allowed", -1);
-    if (c->kind == MOCK_API_MESSAGES && (!c->req.api_key || !c->req.version))
+    bool anthropic = c->kind == MOCK_API_MESSAGES || c->kind == MOCK_API_COUNT_TOKENS;
+    if (anthropic && (!c->req.api_key || !c->req.version))
         return answer_error(c, 401, "mock: x-api-key and anthropic-version headers required", -1);
     if (status >= 300) {
         long ra = d->retry_after >= 0 ? d->retry_after : status == 429 || status == 503 ? 1 : -1;
@@ -350,6 +352,8 @@ static void conn_route(struct mock_conn *c)
         {"/v1/embeddings", "POST", MOCK_API_EMBEDDINGS},
         {"/v1/models", "GET", MOCK_API_MODELS},
         {"/v1/messages", "POST", MOCK_API_MESSAGES},
+        {"/v1/messages/count_tokens", "POST", MOCK_API_COUNT_TOKENS},
+        {"/v1/responses", "POST", MOCK_API_RESPONSES},
     };
     c->kind = MOCK_API_NONE;
     c->route_status = 404;

@@ -13,6 +13,9 @@ static const char filler[] = "abcdefghijklmnopqrstuvwxyz";
 static void reply_content(struct mock_reply *r, const char *body, const char *end);
 static void reply_inputs(struct mock_reply *r, const char *body, const char *end);
 static void reply_fit(struct mock_reply *r, long bytes);
+static void reply_tool_args(struct mock_reply *r);
+static int body_responses(struct mock_reply *r, struct buf *out, const char *status);
+static int step_responses(struct mock_reply *r, struct buf *out, long step);
 static int chunk_frame(struct buf *out, const struct buf *ev);
 static int step_openai(struct mock_reply *r, struct buf *ev, long step);
 static int step_anthropic(struct mock_reply *r, struct buf *out, long step);
@@ -59,7 +62,11 @@ static void reply_content(struct mock_reply *r, const char *body, const char *en
     }
     struct json_iter it;
     const char *msg, *last = NULL;
-    if (json_iter_init(&it, json_member(body, end, "messages"), end))
+    const char *list = json_member(body, end, r->api == MOCK_API_RESPONSES ? "input"
+                                                                         : "messages");
+    if (list && json_decode_str(list, end, &r->text, &budget) == 0)
+        return;     /* Responses API: input may be a plain string */
+    if (json_iter_init(&it, list, end))
         while ((msg = json_iter_next(&it)))
             last = msg;
     const char *content = last ? json_member(last, end, "content") : NULL;
@@ -103,6 +110,19 @@ static void reply_fit(struct mock_reply *r, long bytes)
     r->text.data[r->text.len] = '\0';
 }
 
+/* tool: the answer is a call of tool "lookup" whose arguments are {"text": the echo}; the text
+ * becomes that JSON, so stream chunks slice the arguments like they slice content. */
+static void reply_tool_args(struct mock_reply *r)
+{
+    struct buf args = BUF_INIT;
+    buf_puts(&args, "{\"text\":\"");
+    buf_json_escape(&args, r->text.data ? r->text.data : "", r->text.len);
+    buf_puts(&args, "\"}");
+    buf_reset(&r->text);
+    buf_append(&r->text, args.data, args.len);
+    buf_free(&args);
+}
+
 int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, size_t len,
                   const struct mock_dirs *d)
 {
@@ -113,6 +133,7 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     r->api = api;
     r->stream = false;
     r->sized = false;
+    r->tool = false;
     r->prompt_tokens = (long)len / 4;
     r->completion_tokens = 7;
     r->chunks = d->stream_n < 1 ? 1 : d->stream_n;
@@ -135,6 +156,9 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
         return 0;
     }
     reply_content(r, p, end);
+    r->tool = d->tool && api == MOCK_API_CHAT;
+    if (r->tool)
+        reply_tool_args(r);
     if (d->bytes >= 0) {
         r->sized = true;
         reply_fit(r, d->bytes);
@@ -149,6 +173,10 @@ static int body_usage(struct buf *out, const struct mock_reply *r)
     if (r->api == MOCK_API_MESSAGES)
         return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld}",
                           r->prompt_tokens, r->completion_tokens);
+    if (r->api == MOCK_API_RESPONSES)
+        return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
+                          "\"total_tokens\":%ld}", r->prompt_tokens, r->completion_tokens,
+                          r->prompt_tokens + r->completion_tokens);
     return buf_printf(out, "\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
                       "\"total_tokens\":%ld}", r->prompt_tokens, r->completion_tokens,
                       r->prompt_tokens + r->completion_tokens);
@@ -186,6 +214,10 @@ int reply_body(struct mock_reply *r, struct buf *out)
     switch (r->api) {
     case MOCK_API_EMBEDDINGS:
         return body_embeddings(r, out);
+    case MOCK_API_COUNT_TOKENS:
+        return buf_printf(out, "{\"input_tokens\":%ld}", r->prompt_tokens);
+    case MOCK_API_RESPONSES:
+        return body_responses(r, out, "completed");
     case MOCK_API_MESSAGES:
         buf_printf(out, "{\"id\":\"msg_mock_%lu\",\"type\":\"message\",\"role\":\"assistant\","
                    "\"model\":\"", r->id);
@@ -202,10 +234,16 @@ int reply_body(struct mock_reply *r, struct buf *out)
         break;
     default:
         body_openai_head(out, r, "chat.completion");
-        buf_puts(out, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
-                 "\"content\":\"");
+        buf_puts(out, "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",");
+        if (r->tool)
+            buf_printf(out, "\"content\":null,\"tool_calls\":[{\"id\":\"call_mock_%lu\","
+                       "\"type\":\"function\",\"function\":{\"name\":\"lookup\","
+                       "\"arguments\":\"", r->id);
+        else
+            buf_puts(out, "\"content\":\"");
         buf_json_escape(out, text, r->text.len);
-        buf_puts(out, "\"},\"finish_reason\":\"stop\"}],");
+        buf_printf(out, "\"%s},\"finish_reason\":\"%s\"}],", r->tool ? "}}]" : "",
+                   r->tool ? "tool_calls" : "stop");
         break;
     }
     body_usage(out, r);
@@ -242,11 +280,22 @@ static int step_openai(struct mock_reply *r, struct buf *ev, long step)
     buf_puts(ev, "data: ");
     body_openai_head(ev, r, chat ? "chat.completion.chunk" : "text_completion");
     if (step == r->chunks) {
-        buf_puts(ev, chat ? "\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],"
-                 : "\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,"
-                   "\"finish_reason\":\"stop\"}],");
+        if (chat)
+            buf_printf(ev, "\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"%s\"}],",
+                       r->tool ? "tool_calls" : "stop");
+        else
+            buf_puts(ev, "\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,"
+                     "\"finish_reason\":\"stop\"}],");
         body_usage(ev, r);
         return buf_puts(ev, "}\n\n");
+    }
+    if (r->tool) {
+        buf_puts(ev, "\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,");
+        if (step == 0)
+            buf_printf(ev, "\"id\":\"call_mock_%lu\",\"type\":\"function\",", r->id);
+        buf_printf(ev, "\"function\":{%s\"arguments\":\"", step == 0 ? "\"name\":\"lookup\"," : "");
+        chunk_content(r, ev, step);
+        return buf_puts(ev, "\"}}]},\"finish_reason\":null}]}\n\n");
     }
     if (chat)
         buf_printf(ev, "\"choices\":[{\"index\":0,\"delta\":{%s\"content\":\"",
@@ -317,6 +366,8 @@ int reply_stream_step(struct mock_reply *r, struct buf *out, long step)
     buf_reset(&r->scratch);
     if (r->api == MOCK_API_MESSAGES)
         return step_anthropic(r, out, step);
+    if (r->api == MOCK_API_RESPONSES)
+        return step_responses(r, out, step);
     step_openai(r, &r->scratch, step);
     chunk_frame(out, &r->scratch);
     if (step < r->chunks)
@@ -324,6 +375,53 @@ int reply_stream_step(struct mock_reply *r, struct buf *out, long step)
     buf_reset(&r->scratch);
     buf_puts(&r->scratch, "data: [DONE]\n\n");
     chunk_frame(out, &r->scratch);
+    return buf_puts(out, "0\r\n\r\n");
+}
+
+/* A Responses API object: one output message with the whole text (empty while in progress). */
+static int body_responses(struct mock_reply *r, struct buf *out, const char *status)
+{
+    bool done = !strcmp(status, "completed");
+    buf_printf(out, "{\"id\":\"resp_mock_%lu\",\"object\":\"response\",\"created_at\":%ld,"
+               "\"status\":\"%s\",\"model\":\"", r->id, r->created, status);
+    buf_json_escape(out, r->model.data, r->model.len);
+    buf_printf(out, "\",\"output\":[{\"type\":\"message\",\"id\":\"msg_mock_%lu\","
+               "\"status\":\"%s\",\"role\":\"assistant\",\"content\":[{\"type\":"
+               "\"output_text\",\"annotations\":[],\"text\":\"", r->id, status);
+    if (done)
+        buf_json_escape(out, r->text.data ? r->text.data : "", r->text.len);
+    buf_puts(out, "\"}]}],");
+    if (!done)
+        return buf_puts(out, "\"usage\":null}");
+    body_usage(out, r);
+    return buf_puts(out, "}");
+}
+
+/* response.created with the first delta, a response.output_text.delta per chunk, then
+ * response.completed carrying the whole response and its usage. */
+static int step_responses(struct mock_reply *r, struct buf *out, long step)
+{
+    struct buf *ev = &r->scratch;
+    if (step == 0) {
+        ev_begin(r, "response.created");
+        buf_puts(ev, "{\"type\":\"response.created\",\"response\":");
+        body_responses(r, ev, "in_progress");
+        buf_puts(ev, "}");
+        ev_end(r, out);
+    }
+    if (step < r->chunks) {
+        ev_begin(r, "response.output_text.delta");
+        buf_printf(ev, "{\"type\":\"response.output_text.delta\",\"item_id\":\"msg_mock_%lu\","
+                   "\"output_index\":0,\"content_index\":0,\"delta\":\"", r->id);
+        chunk_content(r, ev, step);
+        buf_puts(ev, "\"}");
+        return ev_end(r, out);
+    }
+    ev_begin(r, "response.completed");
+    buf_puts(ev, "{\"type\":\"response.completed\",\"response\":");
+    body_responses(r, ev, "completed");
+    buf_puts(ev, "}");
+    ev_end(r, out);
     return buf_puts(out, "0\r\n\r\n");
 }
 

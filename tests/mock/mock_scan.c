@@ -21,7 +21,7 @@ void mock_dirs_init(struct mock_dirs *d)
     d->delay_ms = d->status = d->retry_after = d->interval_ms = -1;
     d->reset_after = d->bytes = d->fail_first = -1;
     d->stream_n = 3;
-    d->reset = d->garbage = d->stall = false;
+    d->reset = d->garbage = d->stall = d->tool = false;
 }
 
 static bool dir_char(char c)
@@ -73,6 +73,8 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         d->garbage = true;
     else if (klen == 5 && memcmp(k, "stall", 5) == 0)
         d->stall = true;
+    else if (klen == 4 && memcmp(k, "tool", 4) == 0)
+        d->tool = true;
 }
 
 static void dirs_parse(struct mock_dirs *d, const char *s, const char *end)

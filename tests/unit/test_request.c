@@ -111,6 +111,28 @@ static void test_fail_mid_stream_is_event_then_truncation(void **state)
     request_free(r);
 }
 
+/* The error shape belongs to the request: the same call words it Anthropic's way, whole or as
+ * a stream's error event. */
+static void test_fail_in_anthropic_shape(void **state)
+{
+    struct fixture *f = *state;
+    struct request *r = request_new(&f->w, f->conf, &sink, NULL, ROUTE_MESSAGES);
+    r->error_shape = ERROR_SHAPE_ANTHROPIC;
+    request_fail(r, 404, "invalid_request_error", "model_not_found", "model", "no such model",
+                 OUTCOME_REJECTED);
+    assert_string_equal(rec.body.data, "{\"type\":\"error\",\"error\":{\"type\":"
+                        "\"not_found_error\",\"message\":\"model: no such model\"}}");
+    request_free(r);
+    r = request_new(&f->w, f->conf, &sink, NULL, ROUTE_MESSAGES);
+    r->error_shape = ERROR_SHAPE_ANTHROPIC;
+    request_stream_start(r, 200);
+    request_fail(r, 504, "timeout_error", "deadline_exceeded", NULL, "late", OUTCOME_DEADLINE);
+    assert_string_equal(rec.stream.data, "event: error\ndata: {\"type\":\"error\",\"error\":"
+                        "{\"type\":\"api_error\",\"message\":\"late\"}}\n\n");
+    assert_false(rec.stream_complete);
+    request_free(r);
+}
+
 static void test_deadline_fires_504(void **state)
 {
     struct fixture *f = *state;
@@ -171,6 +193,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fail_answers_openai_error_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fail_mid_stream_is_event_then_truncation, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_fail_in_anthropic_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_fires_504, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_stops_the_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_before_end_ends_as_cancelled, setup, teardown),
