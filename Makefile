@@ -21,7 +21,7 @@ ifeq ($(SAN),1)
 ALL_CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 ALL_LDFLAGS += -fsanitize=address,undefined
 endif
-LIBS = $(PKG_LIBS) -lev -lpthread -lm
+LIBS = $(PKG_LIBS) -lev -lpthread -lm -lz
 
 COMMON_SRC = $(wildcard common/*.c)
 CONF_SRC   = $(wildcard conf/*.c)

@@ -254,6 +254,7 @@ static int conf_defaults(struct conf *c)
     c->jobs.max_queued = 10000;
     c->jobs.retention_ms = 24ull * 3600 * 1000;
     c->jobs.workers = 64;
+    c->jobs.max_result_bytes = 16u << 20;
     c->state.backend = STATE_MEMORY;
     c->log.level = LOG_INFO;
     c->log.format = LOG_FORMAT_JSON;

@@ -105,6 +105,7 @@ struct conf {
         unsigned max_queued;        /* default 10000 */
         uint64_t retention_ms;      /* default 24h */
         unsigned workers;           /* default 64 */
+        uint64_t max_result_bytes;  /* default 16m: a larger answer fails the job */
     } jobs;
     struct {
         enum conf_state_backend backend;  /* default memory */

@@ -481,6 +481,7 @@ static const struct field jobs_fields[] = {
     {"max_queued", conf_field_count, C(jobs.max_queued), 1, UINT_MAX, false, NULL, 0},
     {"retention", conf_field_duration, C(jobs.retention_ms), 1, 0, false, NULL, 0},
     {"workers", conf_field_count, C(jobs.workers), 1, UINT_MAX, false, NULL, 0},
+    {"max_result_bytes", conf_field_size, C(jobs.max_result_bytes), 1, 0, false, NULL, 0},
 };
 
 static const struct field state_fields[] = {

@@ -258,6 +258,8 @@ static void put_head(struct conn *c, struct buf *h, int status, const struct req
             buf_printf(h, "Retry-After: %ld\r\n", (long)r->retry_after_s);
         if (r->allow)
             buf_printf(h, "Allow: %s\r\n", r->allow);
+        if (r->location[0])
+            buf_printf(h, "Location: %s\r\n", r->location);
     }
     if (c->close_after || c->w->draining)
         buf_puts(h, "Connection: close\r\n");

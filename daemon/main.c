@@ -17,6 +17,8 @@
 #include "conf/conf.h"
 #include "daemon/router.h"
 #include "daemon/settings.h"
+#include "daemon/jobs.h"
+#include "daemon/jobs_store.h"
 #include "daemon/worker.h"
 
 struct daemon_state {
@@ -112,6 +114,8 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents)
         raise_nofile(c);
         settings_reload_report(d->boot, c, d->srv.nworkers, worker_count(c),
                                d->srv.listen_inherited);
+        if (d->srv.jobs)
+            jobs_store_configure(d->srv.jobs, c);
         server_reload(&d->srv, c);
         d->last_reload_error[0] = '\0';
         log_info("configuration reloaded from %s", d->path);
@@ -133,6 +137,8 @@ static void on_term(struct ev_loop *loop, ev_signal *s, int revents)
     log_info(now ? "second stop signal: aborting in-flight requests"
                  : "stop signal: draining (new connections refused)");
     sd_notify(0, "STOPPING=1");
+    if (d->srv.jobs)
+        jobs_store_drain(d->srv.jobs);  /* queued jobs wait for the next start */
     server_drain(&d->srv, now);
 }
 
@@ -198,6 +204,19 @@ static void raise_nofile(const struct conf *c)
                   (unsigned long)rl.rlim_cur, (unsigned long)need, (unsigned long)rl.rlim_cur);
 }
 
+/* The jobs store replays its journal before any worker runs. A journal that cannot be read
+ * leaves /v1/jobs answering 503 (never overwritten), the rest of the gateway serves. */
+static void open_jobs(struct daemon_state *d, struct conf *c, unsigned nworkers)
+{
+    char err[256];
+    d->srv.jobs = jobs_store_open(c, nworkers, jobs_wake_worker, &d->srv, err, sizeof err);
+    if (!d->srv.jobs) {
+        snprintf(d->srv.jobs_error, sizeof d->srv.jobs_error, "background jobs are "
+                 "unavailable: %s", err);
+        log_error("%s", d->srv.jobs_error);
+    }
+}
+
 static int run(struct daemon_state *d, struct conf *c)
 {
     char err[512];
@@ -216,10 +235,13 @@ static int run(struct daemon_state *d, struct conf *c)
     log_start_async();      /* after the mask: the writer thread never takes a signal */
     d->loop = ev_default_loop(EVFLAG_AUTO);
     unsigned n = worker_count(c);
+    open_jobs(d, c, n);
     if (server_start(&d->srv, c, n, d->loop, &d->worker_exit) < 0) {
         log_error("cannot start %u worker(s)", n);
         return 1;
     }
+    if (d->srv.jobs)
+        jobs_store_kick(d->srv.jobs);   /* what the journal left queued runs again */
     watch_signals(d);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     if (c->nkeys == 0)
@@ -229,6 +251,8 @@ static int run(struct daemon_state *d, struct conf *c)
     notify_status(d);
     ev_run(d->loop, 0);
     server_join(&d->srv);
+    jobs_store_close(d->srv.jobs);      /* after the workers: what they recorded is written */
+    d->srv.jobs = NULL;
     log_info("stopped");
     return 0;
 }

@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "daemon/gather.h"
+#include "daemon/jobs.h"
 #include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
@@ -122,6 +123,8 @@ void request_end(struct request *r, enum outcome o)
     }
     if (r->gather)
         gather_cancel(r->gather, o);
+    if (r->jobs_pending)
+        jobs_pending_detach(r);
     account(r);
     r->sink->ended(r);
 }

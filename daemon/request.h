@@ -18,6 +18,7 @@ struct request;
 struct worker;
 struct proxy;
 struct gather;
+struct jobs_pending;
 
 /* Where a request's answer goes: a client connection, a gather parent, a job record.
  * stream_data returns true when the consumer is above its high-water mark (pause upstream);
@@ -65,6 +66,7 @@ struct request {
     const char *upstream;               /* name of the upstream that served it (in conf) */
     const char *content_type;           /* of a complete answer; NULL = JSON */
     const char *allow;                  /* Allow header of a 405 */
+    char location[48];                  /* Location header of a 202 (a job); "" = none */
     unsigned attempts;
     int64_t retry_after_s;              /* -1 none */
     long prompt_tokens, completion_tokens;
@@ -81,6 +83,7 @@ struct request {
     bool key_slot;                      /* holds one of its key's concurrency slots */
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */
+    struct jobs_pending *jobs_pending;  /* a job submission waiting for its record */
 };
 
 /* conf: a reference is taken. deadline_ms 0 = none. */

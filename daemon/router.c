@@ -8,6 +8,8 @@
 #include <strings.h>
 
 #include "daemon/gather.h"
+#include "daemon/jobs.h"
+#include "daemon/jobs_store.h"
 #include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
@@ -30,9 +32,17 @@ static const struct route routes[] = {
     {"/v1/messages", HTTP_POST, "POST", ROUTE_MESSAGES, true},
     {"/v1/messages/count_tokens", HTTP_POST, "POST", ROUTE_COUNT_TOKENS, true},
     {"/v1/responses", HTTP_POST, "POST", ROUTE_RESPONSES, true},
+    {"/v1/jobs", HTTP_POST, "GET, POST", ROUTE_JOBS, true},
+    {"/v1/jobs", HTTP_GET, "GET, POST", ROUTE_JOBS, true},
     {"/healthz", HTTP_GET, "GET", ROUTE_HEALTHZ, false},
     {"/readyz", HTTP_GET, "GET", ROUTE_READYZ, false},
     {"/metrics", HTTP_GET, "GET", ROUTE_METRICS, false},
+};
+
+/* /v1/jobs/{id}: the one path with a variable part. */
+static const struct route job_routes[] = {
+    {"/v1/jobs/", HTTP_GET, "GET, DELETE", ROUTE_JOBS, true},
+    {"/v1/jobs/", HTTP_DELETE, "GET, DELETE", ROUTE_JOBS, true},
 };
 
 /* One "METHOD PATH" line per route, in table order: `llmuxd --routes`, which the docs test
@@ -45,6 +55,8 @@ void router_print_routes(FILE *f)
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         fprintf(f, "%s %s\n", names[routes[i].method], routes[i].path);
+    for (size_t i = 0; i < sizeof job_routes / sizeof job_routes[0]; i++)
+        fprintf(f, "%s %s{id}\n", names[job_routes[i].method], job_routes[i].path);
 }
 
 static void fail400(struct request *r, const char *param, const char *code, const char *msg)
@@ -288,6 +300,8 @@ static void handle_metrics(struct request *r)
     struct buf out = BUF_INIT;
     metrics_render(&out, blocks, n, &x);
     metrics_labels_render(&out, r->conf);
+    if (s->jobs)
+        jobs_store_metrics(s->jobs, &out);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);
     buf_free(&out);
@@ -342,6 +356,15 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
         if (head->method == routes[i].method)
             rt = &routes[i];
     }
+    size_t plen = strlen(job_routes[0].path);
+    if (!path_known && head->path.len > plen && memcmp(head->path.p, job_routes[0].path,
+                                                       plen) == 0) {
+        path_known = true;
+        r->allow = job_routes[0].allow;
+        for (size_t i = 0; i < sizeof job_routes / sizeof job_routes[0]; i++)
+            if (head->method == job_routes[i].method)
+                rt = &job_routes[i];
+    }
     if (!rt) {
         if (path_known) {
             request_fail(r, 405, "invalid_request_error", "method_not_allowed", NULL,
@@ -363,5 +386,8 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
         return;
     if (rt->needs_key)
         collect_forwarded(r, head);
-    handle(r, rt, body, len);
+    if (rt->id == ROUTE_JOBS)
+        jobs_handle(r, head, body, len);
+    else
+        handle(r, rt, body, len);
 }

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "daemon/conn.h"
+#include "daemon/jobs.h"
 #include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
@@ -131,7 +132,7 @@ void worker_conn_closed(struct worker *w)
 
 void worker_maybe_finished(struct worker *w)
 {
-    if (w->draining && w->nconns == 0)
+    if (w->draining && w->nconns == 0 && jobs_worker_idle(w))
         ev_break(w->loop, EVBREAK_ALL);
 }
 
@@ -157,6 +158,7 @@ static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     struct worker *w = t->data;
     log_warn("worker %u: shutdown grace over, aborting %u connection(s)", w->id, w->nconns);
     conn_abort_all(w);
+    jobs_worker_abort(w);       /* they run again at the next start */
     worker_maybe_finished(w);
 }
 
@@ -210,6 +212,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         start_drain(w);
     if (now) {
         conn_abort_all(w);
+        jobs_worker_abort(w);
         worker_maybe_finished(w);
     }
 }
@@ -250,7 +253,7 @@ static int worker_init(struct worker *w)
     connection_caps(w->conf, w->srv->nworkers, &host, &cached);
     w->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
     w->engine = w->loop ? engine_new(w->loop, host, cached) : NULL;
-    if (!w->engine || watch_listeners(w) < 0)
+    if (!w->engine || watch_listeners(w) < 0 || jobs_worker_init(w) < 0)
         return -1;
     proxy_worker_init(w);
     ev_async_init(&w->wake, on_wake);
@@ -380,6 +383,7 @@ void server_free(struct server *s)
 {
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
+        jobs_worker_free(w);
         engine_free(w->engine);
         if (w->loop)
             ev_loop_destroy(w->loop);

@@ -16,6 +16,8 @@ struct conn;
 struct server;
 struct key_state;
 struct metrics_registry;
+struct jobs_worker;
+struct jobs_store;
 
 struct upstream_health {            /* per worker, keyed by upstream name; never freed early */
     char *name;
@@ -52,6 +54,7 @@ struct worker {
     uint32_t rng;
     struct upstream_health *health;
     struct key_state *keys;         /* keylimit.c: per-key rate and concurrency state */
+    struct jobs_worker *jobs;       /* jobs_run.c: jobs running here, the store's inbox wake */
     struct metrics m;
 };
 
@@ -77,6 +80,8 @@ struct server {
     uint64_t reloads_ok, reloads_failed;
     int ready;
     struct metrics_registry *labels;    /* labelled counters; every snapshot gets an index */
+    struct jobs_store *jobs;        /* process-wide; NULL when the journal could not be read */
+    char jobs_error[320];           /* why jobs is NULL */
 };
 
 /* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */

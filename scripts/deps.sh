@@ -7,7 +7,7 @@
 set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libev-dev libcurl4-openssl-dev
-libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev curl python3 python3-yaml
+libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev zlib1g-dev curl python3 python3-yaml
 python3-jsonschema systemd"
 TESTING=""
 [ "${1:-}" = "--test" ] && TESTING=1
