@@ -38,6 +38,7 @@ struct journal {
     char *dir, *path;
     struct journal_hooks hooks;
     char error[256];            /* guarded by mu */
+    uint64_t syncs, records;    /* atomic */
 };
 
 uint32_t journal_crc32(const char *p, size_t n)
@@ -90,7 +91,7 @@ static int read_all(const char *path, struct buf *out)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return errno == ENOENT ? 0 : -1;
+        return errno == ENOENT || errno == ENOTDIR ? 0 : -1;    /* no journal to lose */
     char chunk[65536];
     ssize_t k;
     while ((k = read(fd, chunk, sizeof chunk)) != 0) {
@@ -115,7 +116,8 @@ int journal_replay(const char *dir, journal_record_fn cb, void *ctx, size_t *ski
     int rc = -1;
     *skipped = 0;
     if (!path || read_all(path, &file) < 0) {
-        snprintf(err, errlen, "cannot read %s/%s: %s", dir, JOURNAL_FILE, strerror(errno));
+        snprintf(err, errlen, "jobs.dir %s: cannot read %s: %s", dir, JOURNAL_FILE,
+                 strerror(errno));
         goto out;
     }
     const unsigned char *p = (const unsigned char *)file.data;
@@ -257,6 +259,9 @@ static int write_batch(struct journal *j, struct jrec *list)
     }
     if (fdatasync(j->fd) < 0)
         goto fail;
+    __atomic_add_fetch(&j->syncs, 1, __ATOMIC_RELAXED);
+    for (struct jrec *r = list; r; r = r->next)
+        __atomic_add_fetch(&j->records, 1, __ATOMIC_RELAXED);
     j->size += (off_t)total;
     pthread_mutex_lock(&j->mu);
     j->error[0] = '\0';
@@ -385,6 +390,12 @@ void journal_last_error(struct journal *j, char *out, size_t outlen)
     pthread_mutex_lock(&j->mu);
     snprintf(out, outlen, "%s", j->error);
     pthread_mutex_unlock(&j->mu);
+}
+
+void journal_counts(struct journal *j, uint64_t *syncs, uint64_t *records)
+{
+    *syncs = __atomic_load_n(&j->syncs, __ATOMIC_RELAXED);
+    *records = __atomic_load_n(&j->records, __ATOMIC_RELAXED);
 }
 
 void journal_stop(struct journal *j)

@@ -51,6 +51,8 @@ void journal_append(struct journal *j, char *framed, size_t len, journal_done_fn
 void journal_compact_soon(struct journal *j);
 /* The last write error as a sentence ("" when none). Thread-safe copy into out. */
 void journal_last_error(struct journal *j, char *out, size_t outlen);
+/* Batches written (one fdatasync each) and records in them, since start. */
+void journal_counts(struct journal *j, uint64_t *syncs, uint64_t *records);
 /* Writes what is queued, stops and joins the thread, closes the file. */
 void journal_stop(struct journal *j);
 

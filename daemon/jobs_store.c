@@ -442,9 +442,17 @@ void jobs_store_metrics(struct jobs_store *s, struct buf *out)
                    s->counts[i]);
     size_t bytes = s->live_bytes + s->dead_bytes;
     pthread_mutex_unlock(&s->mu);
+    uint64_t syncs, records;
+    journal_counts(s->journal, &syncs, &records);
     buf_printf(out, "# HELP llmux_jobs_journal_bytes Size of the jobs journal.\n"
-                    "# TYPE llmux_jobs_journal_bytes gauge\nllmux_jobs_journal_bytes %zu\n",
-               bytes);
+                    "# TYPE llmux_jobs_journal_bytes gauge\nllmux_jobs_journal_bytes %zu\n"
+                    "# HELP llmux_jobs_journal_records_total Records made durable.\n"
+                    "# TYPE llmux_jobs_journal_records_total counter\n"
+                    "llmux_jobs_journal_records_total %llu\n"
+                    "# HELP llmux_jobs_journal_syncs_total fdatasync calls (one per batch).\n"
+                    "# TYPE llmux_jobs_journal_syncs_total counter\n"
+                    "llmux_jobs_journal_syncs_total %llu\n",
+               bytes, (unsigned long long)records, (unsigned long long)syncs);
 }
 
 /* Journal thread, about once a second: finished jobs past retention are dropped, queued ones
@@ -540,6 +548,8 @@ static void settle_replayed(struct jobs_store *s)
             s->unfinished++;
             enqueue(s, j);
         } else if (now >= j->completed_ms + (int64_t)s->retention_ms) {
+            s->live_bytes -= j->record_len;
+            s->dead_bytes += j->record_len;
             unlink_job(s, j);
             job_free(j);
         }
@@ -607,7 +617,8 @@ struct jobs_store *jobs_store_open(const struct conf *c, unsigned nworkers, jobs
         jobs_store_close(s);
         return NULL;
     }
-    journal_compact_soon(s->journal);   /* drops the torn tail and superseded records */
+    if (skipped || s->dead_bytes)       /* drops the torn tail and superseded records */
+        journal_compact_soon(s->journal);
     return s;
 }
 

@@ -144,6 +144,8 @@ class Daemon:
         self.dir = tempfile.mkdtemp(prefix="llmux-it-")
         self.conf = os.path.join(self.dir, "llmux.yaml")
         self.logpath = os.path.join(self.dir, "llmuxd.log")
+        if text is None and "jobs:" not in extra:    # hermetic: never the system's jobs dir
+            extra += "\njobs:\n  dir: %s\n" % os.path.join(self.dir, "jobs")
         if text is None:
             text = DEFAULT_CONFIG.format(port=self.port, mock=mock.port if mock else 1,
                                          dead=free_port(), workers=workers,
