@@ -15,6 +15,7 @@ struct command {
 static const struct command commands[] = {
     {"chat", cmd_chat, "send a chat completion; tokens stream to stdout as they arrive"},
     {"gather", cmd_gather, "run one prompt per input line at once, results as JSON lines"},
+    {"jobs", cmd_jobs, "background jobs: submit, get, wait, cancel, list"},
     {"models", cmd_models, "list the models the gateway serves"},
     {"health", cmd_health, "check that the gateway is up (--ready: ready to serve)"},
     {"metrics", cmd_metrics, "print the gateway's Prometheus metrics"},

@@ -4,11 +4,15 @@ jobs, the bounds (workers, max_queued, timeout_ms, max_result_bytes), an unwrita
 retention, and kill -9 in the middle of running jobs."""
 import json
 import os
+import pty
+import select
 import socket
+import subprocess
 import tempfile
 import time
 
-from harness import Case, Daemon, Mock, chat_body
+import harness
+from harness import Case, Daemon, chat_body
 
 
 def submit(d, body, headers=None):
@@ -317,3 +321,79 @@ class JobStorageTest(Case):
         while os.path.getsize(path) > 0 and time.monotonic() < end:
             time.sleep(0.1)
         self.assertEqual(os.path.getsize(path), 0, "the journal was not compacted")
+
+
+class JobsCliTest(Case):
+    """llmux jobs submit|get|wait|cancel|list as a user runs them."""
+
+    def llmux(self, *args, stdin=None, stderr_tty=False):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMUX_")}
+        env.update(LLMUX_URL="http://127.0.0.1:%d" % self.d.port, LLMUX_MODEL="m")
+        if not stderr_tty:
+            p = subprocess.run([harness.binary("llmux"), *args], input=stdin, env=env,
+                               capture_output=True, text=True, timeout=30)
+            return p.returncode, p.stdout, p.stderr
+        master, slave = pty.openpty()
+        p = subprocess.Popen([harness.binary("llmux"), *args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=slave, env=env, text=True)
+        os.close(slave)
+        out, _ = p.communicate(timeout=30)
+        err = b""
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(master)
+        return p.returncode, out, err.decode(errors="replace")
+
+    def test_submit_then_wait_prints_the_answer(self):
+        code, out, err = self.llmux("jobs", "submit", "hello", "cli")
+        self.assertEqual(code, 0, err)
+        jid = out.strip()
+        self.assertRegex(jid, r"^job_[0-9a-z]{24}$")
+        code, out, err = self.llmux("jobs", "wait", jid)
+        self.assertEqual((code, out), (0, "echo: hello cli\n"), err)
+        code, out, _ = self.llmux("jobs", "get", jid)
+        self.assertEqual(json.loads(out)["status"], "succeeded")
+        code, out, _ = self.llmux("jobs", "list")
+        self.assertIn(jid + "\tsucceeded\tchat\t", out)
+
+    def test_submit_wait_from_stdin_and_gather(self):
+        code, out, err = self.llmux("jobs", "submit", "--wait", stdin="from stdin\n")
+        self.assertEqual((code, out), (0, "echo: from stdin\n"), err)
+        self.assertIn("submitted job_", err)
+        code, out, err = self.llmux("jobs", "submit", "--gather", "--wait", stdin="a\nb\n")
+        self.assertEqual(code, 0, err)
+        lines = [json.loads(l) for l in out.splitlines()]
+        self.assertEqual([l["index"] for l in lines], [0, 1])
+        self.assertEqual(lines[1]["response"]["choices"][0]["message"]["content"], "echo: b")
+
+    def test_wait_shows_progress_on_a_tty_and_exits_2_on_failure(self):
+        code, out, err = self.llmux("jobs", "submit", "--wait", "slow @mock:delay=1500,status=400", stderr_tty=True)
+        self.assertEqual(code, 2)
+        self.assertEqual(out, "")
+        self.assertRegex(err, r"job_[0-9a-z]{24} (queued|running) \d+s")
+        self.assertIn("job failed", err)
+
+    def test_cancel_and_errors(self):
+        code, out, _ = self.llmux("jobs", "submit", "long @mock:delay=10000")
+        jid = out.strip()
+        code, out, err = self.llmux("jobs", "cancel", jid)
+        self.assertEqual((code, out), (0, jid + " cancelled\n"), err)
+        code, _, err = self.llmux("jobs", "cancel", jid)
+        self.assertEqual(code, 2)
+        self.assertIn("already cancelled", err)
+        code, _, err = self.llmux("jobs", "wait", jid)
+        self.assertEqual(code, 2)
+        self.assertIn("job cancelled", err)
+        self.assertEqual(self.llmux("jobs", "get", "job_" + "z" * 24)[0], 2)
+        self.assertEqual(self.llmux("jobs", "frobnicate")[0], 1)
+        self.assertEqual(self.llmux("jobs", "get")[0], 1)
+        self.assertEqual(self.llmux("jobs", "get", "../metrics")[0], 1)
+        self.assertEqual(self.llmux("jobs", "list", "--limit", "0")[0], 1)
+        code, out, _ = self.llmux("jobs", "list", "--status", "cancelled", "--json")
+        self.assertEqual([json.loads(l)["id"] for l in out.splitlines()], [jid])
