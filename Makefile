@@ -10,8 +10,9 @@ FUZZ_SECONDS ?= 30
 PYTHON  ?= python3
 VERSION := $(shell cat VERSION)
 
-PKG_CFLAGS := $(shell pkg-config --cflags libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs libcurl jansson yaml-0.1 libsystemd 2>/dev/null)
+PKGS       := libcurl jansson yaml-0.1 libsystemd hiredis libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN    = -Wall -Wextra -Werror -Wformat=2 -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DLLMUX_VERSION='"$(VERSION)"' -I. $(WARN) $(CFLAGS) \

@@ -117,10 +117,26 @@ const struct conf_key *conf_find_key(const struct conf *c, const char *key, size
         return NULL;
     for (size_t i = 0; i < c->nkeys; i++) {
         const char *k = c->keys[i].key;
+        if (!k)
+            continue;           /* key_sha256: see conf_find_key_sha256 */
         size_t klen = strlen(k);
         unsigned char diff = klen != len;
         for (size_t j = 0; j < klen; j++)
             diff |= (unsigned char)(k[j] ^ (j < len ? key[j] : 0));
+        uintptr_t mask = (uintptr_t)0 - (uintptr_t)(diff == 0);
+        found = (found & ~mask) | ((uintptr_t)&c->keys[i] & mask);
+    }
+    return (const struct conf_key *)found;
+}
+
+const struct conf_key *conf_find_key_sha256(const struct conf *c, const unsigned char d[32])
+{
+    uintptr_t found = 0;
+
+    for (size_t i = 0; c && i < c->nkeys; i++) {
+        unsigned char diff = !c->keys[i].hashed;
+        for (size_t j = 0; j < 32; j++)
+            diff |= (unsigned char)(c->keys[i].key_sha256[j] ^ d[j]);
         uintptr_t mask = (uintptr_t)0 - (uintptr_t)(diff == 0);
         found = (found & ~mask) | ((uintptr_t)&c->keys[i] & mask);
     }
@@ -256,6 +272,7 @@ static int conf_defaults(struct conf *c)
     c->jobs.workers = 64;
     c->jobs.max_result_bytes = 16u << 20;
     c->state.backend = STATE_MEMORY;
+    c->state.timeout_ms = 500;
     c->log.level = LOG_INFO;
     c->log.format = LOG_FORMAT_JSON;
     c->log.access = true;

@@ -52,10 +52,13 @@ struct conf_model {
 
 struct conf_key {
     char *name;
-    char *key;                      /* secret */
+    char *key;                      /* secret; NULL when given as key_sha256 */
+    unsigned char key_sha256[32];   /* SHA-256 of the key, when key_sha256 was given */
+    bool hashed;                    /* key_sha256 (not key) identifies it */
     char **models;                  /* NULL = all models */
     size_t nmodels;
     unsigned rpm;                   /* 0 = unlimited */
+    unsigned tpm;                   /* tokens per minute, 0 = unlimited */
     unsigned max_concurrency;       /* 0 = unlimited */
 };
 
@@ -96,6 +99,7 @@ struct conf {
     } health;
     struct conf_key *keys;          /* NULL/0 = no auth */
     size_t nkeys;
+    bool hashed_keys;               /* some key is given as key_sha256 */
     struct {
         unsigned max_items;         /* default 1000 */
         unsigned max_concurrency;   /* default 64 */
@@ -110,6 +114,8 @@ struct conf {
     struct {
         enum conf_state_backend backend;  /* default memory */
         char *redis;                      /* default redis://127.0.0.1:6379/0 */
+        bool fail_closed;                 /* on_error: closed (503) rather than open */
+        uint64_t timeout_ms;              /* default 500ms: a Redis answer later fails */
     } state;
     struct {
         enum log_level level;       /* default info */
@@ -139,6 +145,8 @@ const struct conf_model *conf_find_model(const struct conf *c, const char *name)
 const struct conf_upstream *conf_find_upstream(const struct conf *c, const char *name);
 /* Constant-time key lookup; NULL when not found. */
 const struct conf_key *conf_find_key(const struct conf *c, const char *key, size_t len);
+/* Constant-time lookup of a key_sha256 key by the digest of the presented key. */
+const struct conf_key *conf_find_key_sha256(const struct conf *c, const unsigned char d[32]);
 bool conf_key_allows_model(const struct conf_key *k, const char *model);
 
 /* Parsers shared with tests: "16k" "4m" "1g" → bytes; "500ms" "30s" "5m" "1h" "2d" → ms. */

@@ -1,6 +1,7 @@
 /* conf_field: how one configuration value is read and checked — counts, sizes, durations,
  * booleans, enums, strings and secrets, listen addresses, URLs, upstream headers. */
 #include "conf/conf_internal.h"
+#include "common/redis_url.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -203,6 +204,43 @@ int conf_field_backend(struct conf_ctx *x, const struct ynode *v, const char *pa
     if (i >= 0)
         *(enum conf_state_backend *)FIELD_AT(base, f->off) = vals[i];
     return i < 0 ? -1 : 0;
+}
+
+int conf_field_on_error(struct conf_ctx *x, const struct ynode *v, const char *path,
+                        const struct field *f, void *base)
+{
+    static const char *const names[] = {"open", "closed"};
+    int i = pick(x, v, path, names, 2, "open or closed");
+    if (i >= 0)
+        *(bool *)FIELD_AT(base, f->off) = i == 1;
+    return i < 0 ? -1 : 0;
+}
+
+/* 64 hex digits → 32 bytes. The digest is no secret, but it is not echoed either. */
+int conf_field_sha256(struct conf_ctx *x, const struct ynode *v, const char *path,
+                      const struct field *f, void *base)
+{
+    unsigned char *dst = FIELD_AT(base, f->off);
+    char *s;
+
+    if (conf_text(x, v, path, "64 hex digits (the key's SHA-256)", &s) < 0)
+        return -1;
+    size_t n = strlen(s);
+    for (size_t i = 0; n == 64 && i < 32; i++) {
+        unsigned hi = (unsigned)s[2 * i], lo = (unsigned)s[2 * i + 1];
+        if (!isxdigit(hi) || !isxdigit(lo)) {
+            n = 0;
+            break;
+        }
+        hi = isdigit(hi) ? hi - '0' : (unsigned)tolower((int)hi) - 'a' + 10;
+        lo = isdigit(lo) ? lo - '0' : (unsigned)tolower((int)lo) - 'a' + 10;
+        dst[i] = (unsigned char)(hi << 4 | lo);
+    }
+    free(s);
+    if (n != 64)
+        return conf_fail(x, v, path, "expected 64 hex digits (the SHA-256 of the key, "
+                         "e.g. from: printf %%s KEY | sha256sum)");
+    return 0;
 }
 
 int conf_field_level(struct conf_ctx *x, const struct ynode *v, const char *path,
@@ -470,12 +508,27 @@ int conf_field_redis(struct conf_ctx *x, const struct ynode *v, const char *path
 {
     char *s, **dst = FIELD_AT(base, f->off);
 
+    struct redis_url u;
+    char why[128];
+
     if (conf_text(x, v, path, "a redis:// URL", &s) < 0)
         return -1;
-    if ((strncmp(s, "redis://", 8) && strncmp(s, "rediss://", 9)) || has_ctl(s, true)) {
+    bool ctl = has_ctl(s, true);
+    if (ctl || redis_url_parse(s, &u, why, sizeof why) < 0) {
+        explicit_bzero(s, strlen(s));
         free(s);
-        return conf_fail(x, v, path, "expected a redis:// or rediss:// URL without spaces "
-                         "(value not shown: it may hold a password)");
+        if (ctl)
+            snprintf(why, sizeof why, "expected a redis:// URL without spaces");
+        return conf_fail(x, v, path, "%s (value not shown: it may hold a password)", why);
+    }
+    bool tls = u.tls;
+    redis_url_clear(&u);
+    if (tls) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+        return conf_fail(x, v, path, "rediss:// (TLS) is not available: Debian 12's hiredis "
+                         "0.14 has no TLS; reach Redis through a TLS tunnel (stunnel, "
+                         "spiped) and use redis://");
     }
     free(*dst);
     *dst = s;

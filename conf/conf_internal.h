@@ -124,6 +124,10 @@ int conf_field_base_url(struct conf_ctx *x, const struct ynode *v, const char *p
                         const struct field *f, void *base);
 int conf_field_headers(struct conf_ctx *x, const struct ynode *v, const char *path,
                        const struct field *f, void *base);
+int conf_field_sha256(struct conf_ctx *x, const struct ynode *v, const char *path,
+                      const struct field *f, void *base);
+int conf_field_on_error(struct conf_ctx *x, const struct ynode *v, const char *path,
+                        const struct field *f, void *base);
 int conf_field_redis(struct conf_ctx *x, const struct ynode *v, const char *path,
                      const struct field *f, void *base);
 

@@ -263,7 +263,7 @@ static int check_unique(struct conf_ctx *x, const struct ynode *v, const char *p
         const char *b = *(char *const *)((const char *)arr + j * size + off);
         for (size_t i = 0; i < j; i++) {
             const char *a = *(char *const *)((const char *)arr + i * size + off);
-            if (strcmp(a, b))
+            if (!a || !b || strcmp(a, b))
                 continue;
             const struct ynode *at = ynode_get(v->kids[j], member);
             conf_path_index(ipath, path, j);
@@ -410,10 +410,33 @@ static const struct field key_fields[] = {
     {"name", conf_field_string, K(name), 0, 0, true, NULL, 0},
     {"key", conf_field_secret, K(key), 1, 0, false, NULL, 0},   /* or key_file: see field_keys */
     {"key_file", conf_field_secret_file, K(key), 0, 0, false, NULL, 0},
+    {"key_sha256", conf_field_sha256, K(key_sha256), 0, 0, false, NULL, 0},
     {"models", field_key_models, 0, 0, 0, false, NULL, 0},
     {"rpm", conf_field_count, K(rpm), 0, UINT_MAX, false, NULL, 0},
+    {"tpm", conf_field_count, K(tpm), 0, UINT_MAX, false, NULL, 0},
     {"max_concurrency", conf_field_count, K(max_concurrency), 0, UINT_MAX, false, NULL, 0},
 };
+
+/* Each key has exactly one of key / key_sha256, and no two keys share a digest. */
+static int check_key_ids(struct conf_ctx *x, const struct ynode *v, const char *path,
+                         struct conf *c)
+{
+    char ipath[CONF_PATH_MAX];
+
+    for (size_t i = 0; i < c->nkeys; i++) {
+        struct conf_key *k = &c->keys[i];
+        k->hashed = ynode_get(v->kids[i], "key_sha256") != NULL;
+        c->hashed_keys |= k->hashed;
+        conf_path_index(ipath, path, i);
+        if (k->hashed == (k->key != NULL))
+            return conf_fail(x, v->kids[i], ipath, "expected exactly one of key or key_sha256");
+        for (size_t j = 0; k->hashed && j < i; j++)
+            if (c->keys[j].hashed && !memcmp(c->keys[j].key_sha256, k->key_sha256, 32))
+                return conf_fail(x, ynode_get(v->kids[i], "key_sha256"), ipath,
+                                 "the same key_sha256 as %s[%zu] (keys must be unique)", path, j);
+    }
+    return 0;
+}
 
 static int field_keys(struct conf_ctx *x, const struct ynode *v, const char *path,
                       const struct field *f, void *base)
@@ -430,15 +453,16 @@ static int field_keys(struct conf_ctx *x, const struct ynode *v, const char *pat
     if (list_walk(x, v, path, &spec, c->keys) < 0)
         return -1;
     for (size_t i = 0; i < c->nkeys; i++) {
-        if (c->keys[i].key)
+        if (c->keys[i].key || ynode_get(v->kids[i], "key_sha256"))
             continue;
         char ipath[CONF_PATH_MAX], kpath[CONF_PATH_MAX];
         conf_path_index(ipath, path, i);
         conf_path_key(kpath, ipath, "key");
-        return conf_fail(x, v->kids[i], kpath, "missing required key (or key_file)");
+        return conf_fail(x, v->kids[i], kpath, "missing required key (or key_file, or "
+                         "key_sha256)");
     }
     if (check_unique(x, v, path, "name", "key name", c->keys, sizeof(*c->keys),
-                     K(name), false) < 0)
+                     K(name), false) < 0 || check_key_ids(x, v, path, c) < 0)
         return -1;
     return check_unique(x, v, path, "key", "key", c->keys, sizeof(*c->keys),
                         K(key), true);
@@ -487,6 +511,8 @@ static const struct field jobs_fields[] = {
 static const struct field state_fields[] = {
     {"backend", conf_field_backend, C(state.backend), 0, 0, false, NULL, 0},
     {"redis", conf_field_redis, C(state.redis), 0, 0, false, NULL, 0},
+    {"on_error", conf_field_on_error, C(state.fail_closed), 0, 0, false, NULL, 0},
+    {"timeout", conf_field_duration, C(state.timeout_ms), 1, 0, false, NULL, 0},
 };
 
 static const struct field logging_fields[] = {

@@ -198,6 +198,8 @@ static void test_spec_example_lands(void **state)
     assert_int_equal(c->jobs.workers, 64);
     assert_int_equal(c->state.backend, STATE_MEMORY);
     assert_string_equal(c->state.redis, "redis://127.0.0.1:6379/0");
+    assert_false(c->state.fail_closed);
+    assert_int_equal(c->state.timeout_ms, 500);
     assert_int_equal(c->log.level, LOG_INFO);
     assert_int_equal(c->log.format, LOG_FORMAT_JSON);
     assert_true(c->log.access);
@@ -231,7 +233,8 @@ static void test_every_key_lands(void **state)
         "keys: [{name: k, key: abc}]\n"
         "gather: {max_items: 2, max_concurrency: 3}\n"
         "jobs: {dir: ./jobs, max_queued: 4, retention: 5h, workers: 6}\n"
-        "state: {backend: redis, redis: \"rediss://:pw@cache:6380/1\"}\n"
+        "state: {backend: redis, redis: \"redis://:pw@cache:6380/1\", on_error: closed,\n"
+        "        timeout: 2s}\n"
         "log: {level: debug, format: text, access: off}\n"
         "shutdown_grace: 0s\n");
 
@@ -280,7 +283,9 @@ static void test_every_key_lands(void **state)
     assert_int_equal(c->jobs.retention_ms, 5 * 3600000);
     assert_int_equal(c->jobs.workers, 6);
     assert_int_equal(c->state.backend, STATE_REDIS);
-    assert_string_equal(c->state.redis, "rediss://:pw@cache:6380/1");
+    assert_string_equal(c->state.redis, "redis://:pw@cache:6380/1");
+    assert_true(c->state.fail_closed);
+    assert_int_equal(c->state.timeout_ms, 2000);
     assert_int_equal(c->log.level, LOG_DEBUG);
     assert_int_equal(c->log.format, LOG_FORMAT_TEXT);
     assert_false(c->log.access);
@@ -412,7 +417,13 @@ static void test_missing_required(void **state)
                 "models: [{name: m, targets: [{model: x}]}]\n",
                 "t.yaml:2:30: models[0].targets[0].upstream: missing required key");
     check_error("keys:\n  - name: a\n",
-                "t.yaml:2:5: keys[0].key: missing required key (or key_file)");
+                "t.yaml:2:5: keys[0].key: missing required key (or key_file, or key_sha256)");
+    check_error("keys:\n  - {name: a, key: abc, key_sha256: "
+                "\"0000000000000000000000000000000000000000000000000000000000000000\"}\n",
+                "t.yaml:2:5: keys[0]: expected exactly one of key or key_sha256");
+    check_error("keys:\n  - {name: a, key_sha256: abc}\n", "t.yaml:2:27: keys[0].key_sha256: "
+                "expected 64 hex digits (the SHA-256 of the key, e.g. from: printf %s KEY | "
+                "sha256sum)");
     check_error("keys:\n  - key: abcdefgh\n", "t.yaml:2:5: keys[0].name: missing required key");
     check_error("upstreams:\n  - name: ~\n    base_url: http://h\n",
                 "t.yaml:2:11: upstreams[0].name: expected a value");
@@ -746,7 +757,12 @@ static void test_secrets_not_echoed(void **state)
         {"keys:\n  - {name: a, key: sekrit-1}\n  - {name: b, key: sekrit-1}\n",
          "t.yaml:3:20: keys[1].key: the same key as keys[0] (keys must be unique)", "sekrit"},
         {"state: {redis: \"http://:hunter2@h\"}\n", "t.yaml:1:16: state.redis: expected a "
-         "redis:// or rediss:// URL without spaces (value not shown: it may hold a password)",
+         "redis:// or rediss:// URL (value not shown: it may hold a password)", "hunter2"},
+        {"state: {redis: \"rediss://:hunter2@h\"}\n", "t.yaml:1:16: state.redis: rediss:// (TLS) "
+         "is not available: Debian 12's hiredis 0.14 has no TLS; reach Redis through a TLS "
+         "tunnel (stunnel, spiped) and use redis://", "hunter2"},
+        {"state: {redis: \"redis://:hunter2@h:99999\"}\n", "t.yaml:1:16: state.redis: expected "
+         "host[:port] (port 1-65535) after redis:// (value not shown: it may hold a password)",
          "hunter2"},
         {"upstreams: [{name: u, base_url: \"https://u:hunter2@h\"}]\n", "t.yaml:1:33: "
          "upstreams[0].base_url: expected a URL without credentials (use api_key or headers)",
@@ -894,7 +910,22 @@ static void test_keys(void **state)
         "keys:\n"
         "  - {name: one, key: key-one-1234, models: [a]}\n"
         "  - {name: two, key: key-two-1234}\n"
-        "  - {name: short, key: k}\n");
+        "  - {name: short, key: k}\n"
+        "  - {name: hashed, tpm: 9, key_sha256: "
+        "\"A1CE8E7DB3A2F1E1F7B12A48D1F4B56E5D8A3A6B54B8F0E1F39B6C3A4F5E6D70\"}\n");
+    static const unsigned char digest[32] = {
+        0xa1, 0xce, 0x8e, 0x7d, 0xb3, 0xa2, 0xf1, 0xe1, 0xf7, 0xb1, 0x2a, 0x48, 0xd1, 0xf4, 0xb5,
+        0x6e, 0x5d, 0x8a, 0x3a, 0x6b, 0x54, 0xb8, 0xf0, 0xe1, 0xf3, 0x9b, 0x6c, 0x3a, 0x4f, 0x5e,
+        0x6d, 0x70};
+    unsigned char other[32];
+    memcpy(other, digest, 32);
+    other[31] ^= 1;
+    assert_true(c->hashed_keys);
+    assert_string_equal(conf_find_key_sha256(c, digest)->name, "hashed");
+    assert_int_equal(conf_find_key_sha256(c, digest)->tpm, 9);
+    assert_null(conf_find_key_sha256(c, other));
+    assert_null(conf_find_key(c, "A1CE8E7DB3A2F1E1F7B12A48D1F4B56E5D8A3A6B54B8F0E1F39B6C3A4F5E6D70",
+                              64));
     const struct conf_key *one = conf_find_key(c, "key-one-1234", 12);
     const struct conf_key *two = conf_find_key(c, "key-two-1234", 12);
     assert_non_null(one);
