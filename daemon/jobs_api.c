@@ -8,8 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/jobs_impl.h"
 #include "daemon/jobs_record.h"
-#include "daemon/jobs_store.h"
 #include "daemon/worker.h"
 
 #define JOBS_PREFIX "/v1/jobs/"
@@ -17,12 +17,15 @@
 #define LIST_MAX 1000
 #define QUEUE_FULL_RETRY_S 5
 
-struct jobs_pending {
-    struct request *r;          /* NULL once the request ended (client gone, deadline) */
+struct mem_pending {            /* a submission waiting for its journal record */
+    struct jobs_pending base;   /* base.r: NULL once the request ended (client gone…) */
     struct job *job;
 };
 
-void jobs_submitted(struct worker *w, struct jobs_msg *m);
+static void mem_detach(struct jobs_pending *p)
+{
+    p->r = NULL;        /* the job is durable or refused all the same; nobody to tell */
+}
 
 static void fail400(struct request *r, const char *param, const char *code, const char *msg)
 {
@@ -39,7 +42,7 @@ static const char *key_name(const struct request *r)
     return r->key ? r->key->name : NULL;
 }
 
-static void reply_text(struct request *r, int status, struct buf *b)
+void jobs_reply(struct request *r, int status, struct buf *b)
 {
     request_respond(r, status, b->data, b->len);
     buf_free(b);
@@ -167,11 +170,13 @@ static void submit(struct request *r, const char *body, size_t len)
         fail400(r, NULL, "invalid_json", msg);
     } else if (check_body(r, j, &inner, &kind, &timeout_ms) == 0) {
         struct job *job = job_make(r, inner, kind, timeout_ms);
-        struct jobs_pending *p = job ? malloc(sizeof *p) : NULL;
+        struct mem_pending *p = job && !s ? NULL : job ? malloc(sizeof *p) : NULL;
         int rc = p ? jobs_store_submit(s, job, r->w->id, p, msg, sizeof msg) : -1;
-        if (rc == 0) {
-            *p = (struct jobs_pending){r, job};
-            r->jobs_pending = p;
+        if (job && !s) {
+            jobs_redis_submit(r, job);
+        } else if (rc == 0) {
+            *p = (struct mem_pending){{r, mem_detach}, job};
+            r->jobs_pending = &p->base;
         } else {
             free(p);
             job_free(job);
@@ -188,8 +193,8 @@ static void submit(struct request *r, const char *body, size_t len)
 /* On the submitting worker, once the record is on disk (or could not be written). */
 void jobs_submitted(struct worker *w, struct jobs_msg *m)
 {
-    struct jobs_pending *p = m->ctx;
-    struct request *r = p->r;
+    struct mem_pending *p = m->ctx;
+    struct request *r = p->base.r;
     struct buf out = BUF_INIT;
     char msg[320], why[256];
     if (r)
@@ -209,13 +214,14 @@ void jobs_submitted(struct worker *w, struct jobs_msg *m)
         return;
     }
     snprintf(r->location, sizeof r->location, JOBS_PREFIX "%s", m->id);
-    reply_text(r, 202, &out);
+    jobs_reply(r, 202, &out);
 }
 
 void jobs_pending_detach(struct request *r)
 {
-    r->jobs_pending->r = NULL;
+    struct jobs_pending *p = r->jobs_pending;
     r->jobs_pending = NULL;
+    p->detach(p);
 }
 
 /* ?status=…&limit=… (anything else is refused: a typo should not list everything). */
@@ -258,11 +264,15 @@ static void by_id(struct request *r, const struct http_head *h)
     size_t n = h->path.len - strlen(JOBS_PREFIX);
     snprintf(id, sizeof id, "%.*s", (int)(n < sizeof id - 1 ? n : sizeof id - 1),
              h->path.p + strlen(JOBS_PREFIX));
+    if (!s) {
+        jobs_redis_get(r, id, h->method == HTTP_DELETE);
+        return;
+    }
     struct buf out = BUF_INIT;
     enum jobs_lookup rc = h->method == HTTP_DELETE ? jobs_store_cancel(s, key_name(r), id, &out)
                                                    : jobs_store_get(s, key_name(r), id, &out);
     if (rc == JOBS_OK) {
-        reply_text(r, 200, &out);
+        jobs_reply(r, 200, &out);
         return;
     }
     if (rc == JOBS_NOT_FOUND) {
@@ -281,7 +291,7 @@ static void by_id(struct request *r, const struct http_head *h)
 void jobs_handle(struct request *r, const struct http_head *h, const char *body, size_t len)
 {
     struct jobs_store *s = r->w->srv->jobs;
-    if (!s) {
+    if (!s && !jobs_redis_on(r->w)) {
         unavailable(r, r->w->srv->jobs_error);
         return;
     }
@@ -294,8 +304,12 @@ void jobs_handle(struct request *r, const struct http_head *h, const char *body,
         size_t limit = LIST_DEFAULT;
         if (parse_query(r, h->query, &status, &limit) < 0)
             return;
+        if (!s) {
+            jobs_redis_list(r, status, limit);
+            return;
+        }
         struct buf out = BUF_INIT;
         jobs_store_list(s, key_name(r), status, limit, &out);
-        reply_text(r, 200, &out);
+        jobs_reply(r, 200, &out);
     }
 }

@@ -12,30 +12,12 @@
 #include "common/json_scan.h"
 #include "common/log.h"
 #include "daemon/gather.h"
+#include "daemon/jobs_impl.h"
 #include "daemon/jobs_record.h"
 #include "daemon/jobs_store.h"
 #include "daemon/router.h"
 #include "daemon/worker.h"
 
-struct job_run {
-    struct job *job;
-    struct request *req;
-    struct buf out;
-    int status;
-    bool too_big;
-    uint64_t max;
-    struct job_run *prev, *next;    /* the worker's running jobs */
-};
-
-struct jobs_worker {
-    ev_async wake;
-    struct job_run *runs;
-    unsigned running;
-    struct request **reap;          /* ended, freed on the next wake */
-    size_t nreap, capreap;
-};
-
-void jobs_submitted(struct worker *w, struct jobs_msg *m);   /* jobs_api.c */
 
 static void run_respond(struct request *r, int status, const char *body, size_t len);
 static void run_stream_start(struct request *r, int status);
@@ -99,6 +81,16 @@ static enum job_status verdict(struct job_run *run, char **out, size_t *len)
     return JOB_FAILED;
 }
 
+/* The run's end goes to its backend; a Redis job's struct is the run's own. */
+static void finish(struct worker *w, struct job *j, enum job_status st, char *out, size_t len,
+                   bool requeue)
+{
+    if (jobs_redis_on(w))
+        jobs_redis_finish(w, j, st, out, len, requeue);
+    else
+        jobs_store_finish(w->srv->jobs, j, st, out, len, requeue);
+}
+
 static void reap_later(struct worker *w, struct request *r)
 {
     struct jobs_worker *jw = w->jobs;
@@ -124,7 +116,7 @@ static void run_ended(struct request *r)
     size_t len = 0;
     bool requeue = r->outcome == OUTCOME_SHUTDOWN;
     enum job_status st = requeue ? JOB_QUEUED : verdict(run, &out, &len);
-    jobs_store_finish(r->w->srv->jobs, run->job, st, out, len, requeue);
+    finish(r->w, run->job, st, out, len, requeue);
     if (run->prev)
         run->prev->next = run->next;
     else
@@ -180,10 +172,9 @@ static void start_request(struct request *r, struct job *j)
     }
 }
 
-static void start_job(struct worker *w, struct job *j)
+void jobs_run_start(struct worker *w, struct job *j, uint64_t max_result)
 {
     struct jobs_worker *jw = w->jobs;
-    struct jobs_store *s = w->srv->jobs;
     struct job_run *run = calloc(1, sizeof *run);
     struct request *r = run ? request_new(w, w->conf, &job_sink, run,
                                           j->kind == JOB_GATHER ? ROUTE_GATHER : ROUTE_CHAT)
@@ -191,12 +182,14 @@ static void start_job(struct worker *w, struct job *j)
     if (!r) {
         free(run);
         char *e = job_error_text("server_error", "overloaded", "out of memory");
-        jobs_store_finish(s, j, JOB_FAILED, e, e ? strlen(e) : 0, false);
+        finish(w, j, JOB_FAILED, e, e ? strlen(e) : 0, false);
+        if (jw->redis)
+            job_free(j);
         return;
     }
     run->job = j;
     run->req = r;
-    run->max = jobs_store_max_result(s);
+    run->max = max_result;
     run->next = jw->runs;
     if (jw->runs)
         jw->runs->prev = run;
@@ -218,6 +211,8 @@ static void reap(struct jobs_worker *jw)
         struct job_run *run = jw->reap[i]->owner;
         request_free(jw->reap[i]);
         buf_free(&run->out);
+        if (jw->redis)
+            job_free(run->job);     /* a Redis job's copy belongs to its run */
         free(run);
     }
     jw->nreap = 0;
@@ -242,7 +237,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
         if (m->type == JOBS_MSG_SUBMITTED)
             jobs_submitted(w, m);
         else if (m->type == JOBS_MSG_START)
-            start_job(w, m->job);
+            jobs_run_start(w, m->job, jobs_store_max_result(w->srv->jobs));
         else
             cancel_run(w->jobs, m->id);
         free(m);
@@ -261,6 +256,11 @@ int jobs_worker_init(struct worker *w)
     ev_async_start(w->loop, &jw->wake);
     ev_unref(w->loop);      /* a worker with no connections may stop; jobs hold it otherwise */
     w->jobs = jw;
+    char err[256];
+    if (jobs_redis_init(w, err, sizeof err) < 0) {
+        log_error("jobs: %s", err);
+        return -1;
+    }
     return 0;
 }
 
@@ -270,6 +270,7 @@ void jobs_worker_free(struct worker *w)
     if (!jw)
         return;
     reap(jw);       /* what ended last; the loop has stopped */
+    jobs_redis_free(w);
     free(jw->reap);
     free(jw);
     w->jobs = NULL;

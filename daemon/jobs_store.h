@@ -33,6 +33,7 @@ struct job {
     bool durable;               /* its submission record is on disk */
     bool attached;              /* a worker runs it (not freed by retention meanwhile) */
     unsigned worker;
+    char entry[48];             /* Redis backend: its queue stream entry */
     struct job *hnext, *newer, *older, *qnext;
 };
 

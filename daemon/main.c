@@ -209,6 +209,8 @@ static void raise_nofile(const struct conf *c)
 static void open_jobs(struct daemon_state *d, struct conf *c, unsigned nworkers)
 {
     char err[256];
+    if (c->state.backend == STATE_REDIS)
+        return;     /* jobs live in Redis (daemon/jobs_redis*.c) */
     d->srv.jobs = jobs_store_open(c, nworkers, jobs_wake_worker, &d->srv, err, sizeof err);
     if (!d->srv.jobs) {
         snprintf(d->srv.jobs_error, sizeof d->srv.jobs_error, "background jobs are "

@@ -86,6 +86,39 @@ class Mock:
             self.proc.wait()
 
 
+class RedisServer:
+    """A real redis-server on a free 127.0.0.1 port with its own temporary directory, stopped
+    by PID. stop() then start() again brings it back on the same port (Redis "killed mid-run")."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="llmux-redis-")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "redis.log"), "a")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--save", "", "--appendonly", "yes", "--protected-mode", "no"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def stop(self, kill=False):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 DEFAULT_CONFIG = """
 listen: ["127.0.0.1:{port}"]
 workers: {workers}
