@@ -6,7 +6,12 @@ each with DEPTH pipelined POST /v1/jobs in flight, counting 202s. The jobs thems
 slow mock answer, so the figure is the submission path: parse, validate, journal record, group
 commit, 202. Prints submissions/s and how many records shared each fdatasync.
 
-usage: python3 bench/jobs_bench.py [BUILD]     (env: BENCH_SECONDS, BENCH_CONNS, BENCH_DEPTH)
+With --redis the jobs live in a redis-server started for the run (state.backend: redis,
+append-only file with Redis's default fsync once a second): the 202 then follows Redis's
+answer to one script.
+
+usage: python3 bench/jobs_bench.py [BUILD] [--redis]
+       (env: BENCH_SECONDS, BENCH_CONNS, BENCH_DEPTH)
 """
 import json
 import os
@@ -19,7 +24,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
-BUILD = sys.argv[1] if len(sys.argv) > 1 else "build"
+ARGS = [a for a in sys.argv[1:] if a != "--redis"]
+REDIS = "--redis" in sys.argv[1:]
+BUILD = ARGS[0] if ARGS else "build"
 os.environ["LLMUX_BUILD"] = BUILD
 import harness  # noqa: E402  (needs LLMUX_BUILD first)
 
@@ -85,22 +92,32 @@ def run(port):
 def main():
     jobs_dir = tempfile.mkdtemp(prefix="llmux-jobs-bench-", dir="/var/tmp")
     mock = harness.Mock()
+    redis = harness.RedisServer() if REDIS else None
     d = None
+    extra = "jobs:\n  dir: %s\n  max_queued: 10000000\n  workers: 64\n" % jobs_dir
+    if redis:
+        extra += "state:\n  backend: redis\n  redis: %s\n" % redis.url
     try:
-        d = harness.Daemon(mock, workers=2, extra="jobs:\n  dir: %s\n  max_queued: 10000000\n"
-                           "  workers: 64\n" % jobs_dir)
+        d = harness.Daemon(mock, workers=2, extra=extra)
+        end = time.monotonic() + 10
+        while d.request("GET", "/v1/jobs")[0] != 200 and time.monotonic() < end:
+            time.sleep(0.05)    # the Redis link connects
         ok, other, secs = run(d.port)
         m = d.metrics()
         syncs = m.get("llmux_jobs_journal_syncs_total", 0)
         records = m.get("llmux_jobs_journal_records_total", 0)
-        print("jobs bench: %d conns x %d pipelined, %.1f s" % (CONNS, DEPTH, secs))
+        print("jobs bench (%s): %d conns x %d pipelined, %.1f s"
+              % ("redis" if redis else "journal", CONNS, DEPTH, secs))
         print("  accepted (202): %d  other answers: %d" % (ok, other))
         print("  submissions/s: %.0f" % (ok / secs))
-        print("  journal: %d records in %d fdatasyncs (%.1f records per sync)"
-              % (records, syncs, records / syncs if syncs else 0))
+        if not redis:
+            print("  journal: %d records in %d fdatasyncs (%.1f records per sync)"
+                  % (records, syncs, records / syncs if syncs else 0))
     finally:
         if d:
             d.stop(30)
+        if redis:
+            redis.stop()
         mock.stop()
         shutil.rmtree(jobs_dir, ignore_errors=True)
 
