@@ -12,34 +12,9 @@
 #include "common/log.h"
 #include "daemon/jobs_journal.h"
 #include "daemon/jobs_record.h"
+#include "daemon/jobs_store_impl.h"
 
-#define COMPACT_MIN_DEAD (1u << 20)
-
-struct inbox {
-    struct jobs_msg *head, **tail;
-    bool wake;                      /* a wake is owed once the lock is released */
-};
-
-struct jobs_store {
-    pthread_mutex_t mu;
-    struct journal *journal;
-    struct job **buckets;
-    size_t nbuckets, njobs;
-    struct job *newest, *oldest;
-    struct job *qhead, *qtail;      /* durable, queued, in submission order */
-    unsigned counts[JOB_NSTATUS];
-    unsigned unfinished;            /* accepted (durable or not) and not final */
-    unsigned running, max_running, max_queued;
-    uint64_t retention_ms, max_result;
-    size_t live_bytes, dead_bytes;  /* journal bytes of latest records / superseded ones */
-    struct inbox *inboxes;
-    unsigned nworkers, rr;
-    jobs_wake_fn wake;
-    void *wake_ctx;
-    bool stopping;
-};
-
-static int64_t now_ms(void)
+int64_t store_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -54,7 +29,7 @@ static uint32_t hash_id(const char *id)
     return h;
 }
 
-static struct job **slot_of(struct jobs_store *s, const char *id)
+struct job **store_slot(struct jobs_store *s, const char *id)
 {
     struct job **p = &s->buckets[hash_id(id) & (s->nbuckets - 1)];
     while (*p && strcmp((*p)->id, id) != 0)
@@ -80,11 +55,11 @@ static void grow(struct jobs_store *s)
 }
 
 /* Inserts as the newest job (or replaces the job of the same id, for replay). */
-static void link_job(struct jobs_store *s, struct job *j)
+void store_link(struct jobs_store *s, struct job *j)
 {
     if (s->njobs >= s->nbuckets)
         grow(s);
-    struct job **p = slot_of(s, j->id);
+    struct job **p = store_slot(s, j->id);
     j->hnext = NULL;
     *p = j;
     j->older = s->newest;
@@ -98,9 +73,9 @@ static void link_job(struct jobs_store *s, struct job *j)
     s->counts[j->status]++;
 }
 
-static void unlink_job(struct jobs_store *s, struct job *j)
+void store_unlink(struct jobs_store *s, struct job *j)
 {
-    struct job **p = slot_of(s, j->id);
+    struct job **p = store_slot(s, j->id);
     if (*p == j)
         *p = j->hnext;
     if (j->newer)
@@ -115,7 +90,7 @@ static void unlink_job(struct jobs_store *s, struct job *j)
     s->counts[j->status]--;
 }
 
-static void enqueue(struct jobs_store *s, struct job *j)
+void store_enqueue(struct jobs_store *s, struct job *j)
 {
     j->qnext = NULL;
     if (s->qtail)
@@ -125,7 +100,7 @@ static void enqueue(struct jobs_store *s, struct job *j)
     s->qtail = j;
 }
 
-static void dequeue(struct jobs_store *s, struct job *j)
+void store_dequeue(struct jobs_store *s, struct job *j)
 {
     struct job *prev = NULL;
     for (struct job *q = s->qhead; q; prev = q, q = q->qnext) {
@@ -141,7 +116,7 @@ static void dequeue(struct jobs_store *s, struct job *j)
     }
 }
 
-static void set_status(struct jobs_store *s, struct job *j, enum job_status st)
+void store_set_status(struct jobs_store *s, struct job *j, enum job_status st)
 {
     s->counts[j->status]--;
     j->status = st;
@@ -183,7 +158,7 @@ static void post(struct jobs_store *s, unsigned worker, enum jobs_msg_type type,
     in->wake = true;
 }
 
-static void wake_owed(struct jobs_store *s)
+void store_wake_owed(struct jobs_store *s)
 {
     bool owed[256] = {false};
     unsigned n = s->nworkers < 256 ? s->nworkers : 256;
@@ -198,7 +173,7 @@ static void wake_owed(struct jobs_store *s)
             s->wake(s->wake_ctx, i);
 }
 
-static void expire(struct jobs_store *s, struct job *j, int64_t now)
+void store_expire(struct jobs_store *s, struct job *j, int64_t now)
 {
     free(j->output);
     j->output = job_error_text("timeout_error", "job_expired", "the job's timeout_ms of %llu "
@@ -206,26 +181,26 @@ static void expire(struct jobs_store *s, struct job *j, int64_t now)
                                (unsigned long long)j->timeout_ms);
     j->output_len = j->output ? strlen(j->output) : 0;
     j->completed_ms = now;
-    set_status(s, j, JOB_EXPIRED);
+    store_set_status(s, j, JOB_EXPIRED);
     s->unfinished--;
     record(s, j, NULL, NULL);
 }
 
 /* Under the lock: starts queued jobs while fewer than jobs.workers run, round-robin over the
  * workers; a job whose own timeout passed while it waited is expired instead. */
-static void dispatch_locked(struct jobs_store *s)
+void store_dispatch_locked(struct jobs_store *s)
 {
-    int64_t now = now_ms();
+    int64_t now = store_now_ms();
     while (!s->stopping && s->qhead && s->running < s->max_running) {
         struct job *j = s->qhead;
         s->qhead = j->qnext;
         if (!s->qhead)
             s->qtail = NULL;
         if (j->timeout_ms && now >= j->created_ms + (int64_t)j->timeout_ms) {
-            expire(s, j, now);
+            store_expire(s, j, now);
             continue;
         }
-        set_status(s, j, JOB_RUNNING);
+        store_set_status(s, j, JOB_RUNNING);
         j->started_ms = now;
         j->attached = true;
         j->worker = s->rr++ % s->nworkers;
@@ -238,9 +213,9 @@ static void dispatch_locked(struct jobs_store *s)
 static void dispatch(struct jobs_store *s)
 {
     pthread_mutex_lock(&s->mu);
-    dispatch_locked(s);
+    store_dispatch_locked(s);
     pthread_mutex_unlock(&s->mu);
-    wake_owed(s);
+    store_wake_owed(s);
 }
 
 void jobs_store_kick(struct jobs_store *s)
@@ -281,7 +256,7 @@ static void on_submit_durable(void *arg, int err)
     post(s, c->worker, JOBS_MSG_SUBMITTED, c->job, c->ctx, err);
     pthread_mutex_unlock(&s->mu);
     free(c);
-    wake_owed(s);
+    store_wake_owed(s);
 }
 
 int jobs_store_submit(struct jobs_store *s, struct job *j, unsigned worker, void *ctx,
@@ -299,10 +274,10 @@ int jobs_store_submit(struct jobs_store *s, struct job *j, unsigned worker, void
         free(c);
         return -2;
     }
-    while (*slot_of(s, j->id))       /* 124 random bits: never in practice, but be sure */
+    while (*store_slot(s, j->id))       /* 124 random bits: never in practice, but be sure */
         j->id[JOB_ID_LEN - 1] = (char)('a' + (j->id[JOB_ID_LEN - 1] - 'a' + 1) % 26);
     j->status = JOB_QUEUED;
-    link_job(s, j);
+    store_link(s, j);
     s->unfinished++;
     record(s, j, on_submit_durable, c);
     pthread_mutex_unlock(&s->mu);
@@ -313,7 +288,7 @@ void jobs_store_submitted(struct jobs_store *s, struct job *j, int err)
 {
     pthread_mutex_lock(&s->mu);
     if (err) {
-        unlink_job(s, j);
+        store_unlink(s, j);
         s->unfinished--;
         s->live_bytes -= j->record_len;
         pthread_mutex_unlock(&s->mu);
@@ -322,10 +297,10 @@ void jobs_store_submitted(struct jobs_store *s, struct job *j, int err)
     }
     j->durable = true;
     if (j->status == JOB_QUEUED)        /* not cancelled while its record was written */
-        enqueue(s, j);
-    dispatch_locked(s);
+        store_enqueue(s, j);
+    store_dispatch_locked(s);
     pthread_mutex_unlock(&s->mu);
-    wake_owed(s);
+    store_wake_owed(s);
 }
 
 void jobs_store_finish(struct jobs_store *s, struct job *j, enum job_status st, char *output,
@@ -340,19 +315,19 @@ void jobs_store_finish(struct jobs_store *s, struct job *j, enum job_status st, 
         j->output_len = len;
         output = NULL;
         if (requeue) {
-            set_status(s, j, JOB_QUEUED);
+            store_set_status(s, j, JOB_QUEUED);
             j->started_ms = 0;
         } else {
-            set_status(s, j, st);
-            j->completed_ms = now_ms();
+            store_set_status(s, j, st);
+            j->completed_ms = store_now_ms();
             s->unfinished--;
         }
         record(s, j, NULL, NULL);
     }
-    dispatch_locked(s);
+    store_dispatch_locked(s);
     pthread_mutex_unlock(&s->mu);
     free(output);
-    wake_owed(s);
+    store_wake_owed(s);
 }
 
 static bool same_key(const char *a, const char *b)
@@ -364,7 +339,7 @@ static struct job *find(struct jobs_store *s, const char *key, const char *id)
 {
     if (strlen(id) != JOB_ID_LEN)
         return NULL;
-    struct job *j = *slot_of(s, id);     /* not before its 202: it may still be refused */
+    struct job *j = *store_slot(s, id);     /* not before its 202: it may still be refused */
     return j && j->durable && same_key(j->key, key) ? j : NULL;
 }
 
@@ -392,21 +367,21 @@ enum jobs_lookup jobs_store_cancel(struct jobs_store *s, const char *key, const 
         buf_puts(out, job_status_name(j->status));
     } else {
         if (j->status == JOB_QUEUED)
-            dequeue(s, j);
+            store_dequeue(s, j);
         else
             post(s, j->worker, JOBS_MSG_CANCEL, j, NULL, 0);   /* aborts its upstream calls */
         free(j->output);
         j->output = job_error_text("cancelled", "cancelled", "cancelled by DELETE /v1/jobs/%s",
                                    j->id);
         j->output_len = j->output ? strlen(j->output) : 0;
-        j->completed_ms = now_ms();
-        set_status(s, j, JOB_CANCELLED);
+        j->completed_ms = store_now_ms();
+        store_set_status(s, j, JOB_CANCELLED);
         s->unfinished--;
         record(s, j, NULL, NULL);
         job_render(j, out, true);
     }
     pthread_mutex_unlock(&s->mu);
-    wake_owed(s);
+    store_wake_owed(s);
     return rc;
 }
 
@@ -455,202 +430,3 @@ void jobs_store_metrics(struct jobs_store *s, struct buf *out)
                bytes, (unsigned long long)records, (unsigned long long)syncs);
 }
 
-/* Journal thread, about once a second: finished jobs past retention are dropped, queued ones
- * past their own timeout expire; compaction follows once dead records outweigh live ones. */
-static void on_tick(void *ctx)
-{
-    struct jobs_store *s = ctx;
-    int64_t now = now_ms();
-    bool removed = false;
-    pthread_mutex_lock(&s->mu);
-    for (struct job *j = s->oldest, *newer; j; j = newer) {
-        newer = j->newer;
-        if (j->status == JOB_QUEUED && j->durable && j->timeout_ms &&
-            now >= j->created_ms + (int64_t)j->timeout_ms) {
-            dequeue(s, j);
-            expire(s, j, now);
-        }
-        if (j->status < JOB_SUCCEEDED || j->attached ||
-            now < j->completed_ms + (int64_t)s->retention_ms)
-            continue;
-        unlink_job(s, j);
-        s->live_bytes -= j->record_len;
-        s->dead_bytes += j->record_len;
-        job_free(j);
-        removed = true;
-    }
-    bool compact = s->dead_bytes > s->live_bytes &&
-                   (s->dead_bytes > COMPACT_MIN_DEAD || removed);
-    pthread_mutex_unlock(&s->mu);
-    if (compact)
-        journal_compact_soon(s->journal);
-}
-
-/* Journal thread: the live state as framed records, oldest first (so replay rebuilds the
- * newest-first list). Jobs whose submission is not durable yet are left to their own record. */
-static int on_snapshot(void *ctx, struct buf *out)
-{
-    struct jobs_store *s = ctx;
-    int rc = 0;
-    pthread_mutex_lock(&s->mu);
-    size_t live = 0;
-    for (struct job *j = s->oldest; j && rc == 0; j = j->newer) {
-        if (!j->durable)
-            continue;
-        size_t before = out->len;
-        rc = job_record_encode(j, out);
-        j->record_len = out->len - before;
-        live += j->record_len;
-    }
-    if (rc == 0) {
-        s->live_bytes = live;
-        s->dead_bytes = 0;
-    }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
-}
-
-static int on_replayed(void *ctx, const char *p, size_t n)
-{
-    struct jobs_store *s = ctx;
-    struct job *j = job_record_decode(p, n);
-    if (!j) {
-        log_warn("jobs journal: a record that is not a job was skipped (%zu bytes)", n);
-        return 0;
-    }
-    struct job *old = *slot_of(s, j->id);
-    if (old) {          /* the latest record wins; the job keeps its place in the list */
-        s->dead_bytes += old->record_len;
-        s->live_bytes -= old->record_len;
-        unlink_job(s, old);
-        j->created_ms = old->created_ms;
-        job_free(old);
-    }
-    j->durable = true;
-    s->live_bytes += j->record_len;
-    link_job(s, j);
-    return 0;
-}
-
-/* After replay: what was running when the process died runs again; expired results go. */
-static void settle_replayed(struct jobs_store *s)
-{
-    int64_t now = now_ms();
-    unsigned requeued = 0;
-    for (struct job *j = s->oldest, *newer; j; j = newer) {
-        newer = j->newer;
-        if (j->status == JOB_RUNNING) {
-            set_status(s, j, JOB_QUEUED);
-            j->started_ms = 0;
-            requeued++;
-        }
-        if (j->status == JOB_QUEUED) {
-            s->unfinished++;
-            enqueue(s, j);
-        } else if (now >= j->completed_ms + (int64_t)s->retention_ms) {
-            s->live_bytes -= j->record_len;
-            s->dead_bytes += j->record_len;
-            unlink_job(s, j);
-            job_free(j);
-        }
-    }
-    log_info("jobs: %zu job(s) recovered from %s, %u queued (%u were running)", s->njobs,
-             JOURNAL_FILE, s->counts[JOB_QUEUED], requeued);
-}
-
-void jobs_store_configure(struct jobs_store *s, const struct conf *c)
-{
-    pthread_mutex_lock(&s->mu);
-    s->max_running = c->jobs.workers;
-    s->max_queued = c->jobs.max_queued;
-    s->retention_ms = c->jobs.retention_ms;
-    s->max_result = c->jobs.max_result_bytes;
-    dispatch_locked(s);     /* more workers may start more now */
-    pthread_mutex_unlock(&s->mu);
-    wake_owed(s);
-}
-
-static struct jobs_store *store_new(const struct conf *c, unsigned nworkers)
-{
-    struct jobs_store *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
-    s->nbuckets = 1024;
-    s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
-    s->inboxes = calloc(nworkers, sizeof *s->inboxes);
-    if (!s->buckets || !s->inboxes) {
-        free(s->buckets);
-        free(s->inboxes);
-        free(s);
-        return NULL;
-    }
-    for (unsigned i = 0; i < nworkers; i++)
-        s->inboxes[i].tail = &s->inboxes[i].head;
-    s->nworkers = nworkers;
-    s->max_running = c->jobs.workers;
-    s->max_queued = c->jobs.max_queued;
-    s->retention_ms = c->jobs.retention_ms;
-    s->max_result = c->jobs.max_result_bytes;
-    pthread_mutex_init(&s->mu, NULL);
-    return s;
-}
-
-struct jobs_store *jobs_store_open(const struct conf *c, unsigned nworkers, jobs_wake_fn wake,
-                                   void *wake_ctx, char *err, size_t errlen)
-{
-    struct jobs_store *s = store_new(c, nworkers);
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    s->wake = wake;
-    s->wake_ctx = wake_ctx;
-    size_t skipped = 0;
-    if (journal_replay(c->jobs.dir, on_replayed, s, &skipped, err, errlen) < 0) {
-        jobs_store_close(s);
-        return NULL;
-    }
-    settle_replayed(s);
-    struct journal_hooks hooks = {s, on_snapshot, on_tick};
-    if (!(s->journal = journal_start(c->jobs.dir, &hooks))) {
-        snprintf(err, errlen, "cannot start the jobs journal thread");
-        jobs_store_close(s);
-        return NULL;
-    }
-    if (skipped || s->dead_bytes)       /* drops the torn tail and superseded records */
-        journal_compact_soon(s->journal);
-    return s;
-}
-
-void jobs_store_close(struct jobs_store *s)
-{
-    if (!s)
-        return;
-    journal_stop(s->journal);       /* what is queued is written first */
-    for (struct job *j = s->newest, *older; j; j = older) {
-        older = j->older;
-        job_free(j);
-    }
-    for (unsigned i = 0; i < s->nworkers; i++)
-        for (struct jobs_msg *m = s->inboxes[i].head, *next; m; m = next) {
-            next = m->next;
-            free(m);
-        }
-    pthread_mutex_destroy(&s->mu);
-    free(s->buckets);
-    free(s->inboxes);
-    free(s);
-}
-
-uint64_t jobs_store_max_result(struct jobs_store *s)
-{
-    pthread_mutex_lock(&s->mu);
-    uint64_t n = s->max_result;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
-void jobs_store_journal_error(struct jobs_store *s, char *out, size_t outlen)
-{
-    journal_last_error(s->journal, out, outlen);
-}

@@ -296,7 +296,8 @@ class JobStorageTest(Case):
         d2 = self.start(jobs_dir)
         kept = get(d2, done)[1]
         self.assertEqual(kept["status"], "succeeded")
-        self.assertEqual(kept["result"]["choices"][0]["message"]["content"], "echo: finished before")
+        self.assertEqual(kept["result"]["choices"][0]["message"]["content"],
+                         "echo: finished before")
         for jid in ids:
             self.assertIn(get(d2, jid)[1]["status"], ("queued", "running"))
         for jid in ids:
@@ -373,7 +374,8 @@ class JobsCliTest(Case):
         self.assertEqual(lines[1]["response"]["choices"][0]["message"]["content"], "echo: b")
 
     def test_wait_shows_progress_on_a_tty_and_exits_2_on_failure(self):
-        code, out, err = self.llmux("jobs", "submit", "--wait", "slow @mock:delay=1500,status=400", stderr_tty=True)
+        code, out, err = self.llmux("jobs", "submit", "--wait",
+                                    "slow @mock:delay=1500,status=400", stderr_tty=True)
         self.assertEqual(code, 2)
         self.assertEqual(out, "")
         self.assertRegex(err, r"job_[0-9a-z]{24} (queued|running) \d+s")
