@@ -312,6 +312,9 @@ static void conf_free(struct conf *c)
         conf_free_strings(k->models, k->nmodels);
     }
     free(c->keys);
+    for (size_t i = 0; i < c->nprices; i++)
+        free(c->prices[i].model);
+    free(c->prices);
     for (size_t i = 0; c->models && i < c->nmodels; i++) {
         struct conf_model *m = &c->models[i];
         free(m->name);

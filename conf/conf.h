@@ -32,10 +32,21 @@ struct conf_upstream {
     bool tls_verify;                /* default true; false only for a lab upstream */
 };
 
+/* One row of `prices:`: USD per `per` tokens of each kind, for upstream model names matching
+ * the glob (`*` any run, `?` one character). */
+struct conf_price {
+    char *model;                    /* the glob */
+    double input, output;           /* uncached prompt tokens, completion tokens */
+    double cache_read, cache_write; /* default: the input price */
+    uint64_t per;                   /* 1000000 (default, "1M") or 1000 ("1K") */
+};
+
 struct conf_target {
     const struct conf_upstream *upstream;   /* points into conf->upstreams */
     char *model;                            /* NULL: the client's model name is relayed as is */
     unsigned weight;                        /* default 1 */
+    const struct conf_price *price;         /* the most specific price row for the upstream
+                                             * model name; NULL: no price (cost unknown) */
 };
 
 struct conf_model {
@@ -97,6 +108,8 @@ struct conf {
         unsigned failures;          /* default 5 */
         uint64_t cooldown_ms;       /* default 30s */
     } health;
+    struct conf_price *prices;      /* NULL/0 = no cost accounting */
+    size_t nprices;
     struct conf_key *keys;          /* NULL/0 = no auth */
     size_t nkeys;
     bool hashed_keys;               /* some key is given as key_sha256 */
@@ -148,6 +161,13 @@ const struct conf_key *conf_find_key(const struct conf *c, const char *key, size
 /* Constant-time lookup of a key_sha256 key by the digest of the presented key. */
 const struct conf_key *conf_find_key_sha256(const struct conf *c, const unsigned char d[32]);
 bool conf_key_allows_model(const struct conf_key *k, const char *model);
+/* Glob match (`*`, `?`), and the most specific row of c's price table for an upstream model
+ * name (more literal characters win; NULL when none matches). */
+bool conf_glob_match(const char *glob, const char *s);
+const struct conf_price *conf_find_price(const struct conf *c, const char *model);
+/* Two globs some name matches both ways; and a glob's specificity (its literal characters). */
+bool conf_glob_overlap(const char *a, const char *b);
+size_t conf_glob_specificity(const char *glob);
 
 /* Parsers shared with tests: "16k" "4m" "1g" → bytes; "500ms" "30s" "5m" "1h" "2d" → ms. */
 int conf_parse_size(const char *s, uint64_t *out);

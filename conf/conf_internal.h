@@ -83,6 +83,22 @@ struct field {
 };
 
 #define FIELDS(t) t, sizeof(t) / sizeof((t)[0])
+
+/* A list of mappings, each item filled by walking fields. */
+struct list_spec {
+    const char *what;           /* plural, for messages: "targets" */
+    size_t min, size;           /* min is 0 or 1 */
+    const struct field *fields;
+    size_t nfields;
+    void (*init)(void *item);   /* defaults */
+};
+/* conf_schema.c: parses list v into *arr (n items); both are set before the items are filled,
+ * so a failure midway frees what was set. An empty list is as if absent (NULL, 0). */
+int conf_list_parse(struct conf_ctx *x, const struct ynode *v, const char *path,
+                    const struct list_spec *spec, void **arr, size_t *n);
+/* conf_price.c: `prices:` — rows, overlap check, and each target's price resolved. */
+int conf_field_prices(struct conf_ctx *x, const struct ynode *v, const char *path,
+                      const struct field *f, void *base);
 #define FIELD_AT(base, off) ((void *)((char *)(base) + (off)))
 
 /* conf_field.c: parsers of single values; each writes its type at FIELD_AT(base, f->off):

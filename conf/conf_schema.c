@@ -10,13 +10,6 @@
 #include <strings.h>
 
 /* A list of mappings into a calloc'd array of size-byte items, each set up by init first. */
-struct list_spec {
-    const char *what;           /* plural, for messages: "targets" */
-    size_t min, size;           /* min is 0 or 1 */
-    const struct field *fields;
-    size_t nfields;
-    void (*init)(void *item);   /* defaults */
-};
 
 static const char *where(const char *path)
 {
@@ -179,6 +172,17 @@ static int list_walk(struct conf_ctx *x, const struct ynode *v, const char *path
             return -1;
     }
     return 0;
+}
+
+int conf_list_parse(struct conf_ctx *x, const struct ynode *v, const char *path,
+                    const struct list_spec *spec, void **arr, size_t *n)
+{
+    if (v->kind == YNODE_SEQ && !v->nkids)
+        return 0;               /* as if absent: NULL, 0 */
+    if (!(*arr = list_alloc(x, v, path, spec)))
+        return -1;
+    *n = v->nkids;
+    return list_walk(x, v, path, spec, *arr);
 }
 
 static int field_section(struct conf_ctx *x, const struct ynode *v, const char *path,
@@ -521,7 +525,7 @@ static const struct field logging_fields[] = {
     {"access", conf_field_bool, C(log.access), 0, 0, false, NULL, 0},
 };
 
-/* Order matters: targets look up upstreams, and keys look up models. */
+/* Order matters: targets look up upstreams, prices and keys look up models. */
 static const struct field top_fields[] = {
     {"listen", conf_field_listen, 0, 0, 0, false, NULL, 0},
     {"workers", conf_field_workers, C(workers), 0, 0, false, NULL, 0},
@@ -529,6 +533,7 @@ static const struct field top_fields[] = {
     {"timeouts", field_section, 0, 0, 0, false, FIELDS(timeouts_fields)},
     {"upstreams", field_upstreams, 0, 0, 0, false, NULL, 0},
     {"models", field_models, 0, 0, 0, false, NULL, 0},
+    {"prices", conf_field_prices, 0, 0, 0, false, NULL, 0},
     {"health", field_section, 0, 0, 0, false, FIELDS(health_fields)},
     {"keys", field_keys, 0, 0, 0, false, NULL, 0},
     {"gather", field_section, 0, 0, 0, false, FIELDS(gather_fields)},

@@ -16,6 +16,7 @@
 #include "common/buf.h"
 #include "common/http_status.h"
 #include "common/log.h"
+#include "daemon/cost.h"
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
 #include "daemon/router.h"
@@ -260,6 +261,11 @@ static void put_head(struct conn *c, struct buf *h, int status, const struct req
             buf_printf(h, "Allow: %s\r\n", r->allow);
         if (r->location[0])
             buf_printf(h, "Location: %s\r\n", r->location);
+        if (r->priced && !r->streaming) {     /* a stream's comes last, in an SSE comment */
+            char cost[32];
+            cost_format(cost, sizeof cost, r->cost_usd);
+            buf_printf(h, "X-Llmux-Cost-Usd: %s\r\n", cost);
+        }
     }
     if (c->close_after || c->w->draining)
         buf_puts(h, "Connection: close\r\n");

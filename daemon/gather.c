@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/json_scan.h"
+#include "daemon/cost.h"
 #include "daemon/router.h"
 #include "daemon/worker.h"
 
@@ -36,7 +37,9 @@ struct gather {
     bool return_exceptions, stream, advancing, finished;
     bool timed;                 /* the timeout timer is set */
     uint64_t item_timeout_ms;
-    long prompt_tokens, completion_tokens;
+    struct usage usage;         /* summed over the items, estimates included */
+    double cost_usd;
+    bool priced;                /* some item had a price */
     ev_timer timeout;           /* the gather's own timeout_ms */
     ssize_t failure;            /* index of the fail-fast failure, -1 none */
     ssize_t winner;             /* mode first: index of the winner, -1 none */
@@ -328,14 +331,13 @@ static void start_item(struct gather *g, size_t i)
 }
 
 /* A child answered: its body goes into the item's entry as it came (it was checked on the way
- * in); only `usage` is read, and an error's code rewritten when the item's deadline hit. */
+ * in); an error's code is rewritten when the item's deadline hit. */
 static void item_respond(struct request *r, int status, const char *body, size_t len)
 {
     struct gather *g = r->owner;
     struct gather_item *it = &g->items[r->gather_index];
     size_t idx = r->gather_index, start, end;
     if (status >= 200 && status < 300) {
-        openai_usage_text(body, len, &g->prompt_tokens, &g->completion_tokens);
         bool object = json_scan_object(body, len) == 0;
         set_entry(it, idx, status, "response", object ? body : "null", object ? len : 4);
         return;
@@ -371,6 +373,9 @@ static void item_ended(struct request *r)
     struct gather *g = r->owner;
     struct gather_item *it = &g->items[r->gather_index];
     METRIC_INC(r->w->m.gather_items[r->outcome]);
+    usage_add(&g->usage, &r->usage);    /* what each item was charged, failed ones too */
+    g->cost_usd += r->cost_usd;
+    g->priced |= r->priced;
     g->running--;
     it->done = true;
     g->ndone++;
@@ -395,15 +400,20 @@ static void item_ended(struct request *r)
     advance(g);
 }
 
-/* Writes the summary members (no braces): succeeded, failed, usage, elapsed_ms. */
+/* Writes the summary members (no braces): succeeded, failed, usage, cost_usd (null without
+ * prices), elapsed_ms. */
 static void put_summary(struct gather *g, struct buf *out)
 {
     struct request *p = g->parent;
     long ms = (long)((ev_now(p->w->loop) - p->started) * 1000.0);
+    char cost[32] = "null";
+    if (g->priced)
+        cost_format(cost, sizeof cost, g->cost_usd);
     buf_printf(out, "\"succeeded\":%zu,\"failed\":%zu,\"usage\":{\"prompt_tokens\":%ld,"
-               "\"completion_tokens\":%ld,\"total_tokens\":%ld},\"elapsed_ms\":%ld",
-               g->succeeded, g->failed, g->prompt_tokens, g->completion_tokens,
-               g->prompt_tokens + g->completion_tokens, ms);
+               "\"completion_tokens\":%ld,\"total_tokens\":%ld,\"prompt_tokens_details\":"
+               "{\"cached_tokens\":%ld}},\"cost_usd\":%s,\"elapsed_ms\":%ld",
+               g->succeeded, g->failed, g->usage.prompt, g->usage.completion,
+               g->usage.prompt + g->usage.completion, g->usage.cache_read, cost, ms);
 }
 
 static void reply(struct request *p, int status, struct buf *body)

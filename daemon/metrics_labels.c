@@ -29,7 +29,9 @@ struct key_counters {
     uint64_t limited[KEY_LIMIT_COUNT];
 };
 struct km_counters {
-    uint64_t prompt, completion;
+    uint64_t prompt, completion, cache_read, cache_write;
+    uint64_t nano_usd;              /* 1e-9 USD: integer, so workers add without a lock */
+    uint64_t estimated;             /* requests charged by estimate */
 };
 
 static const size_t dim_size[DIM_COUNT] = {
@@ -358,19 +360,30 @@ void metrics_labels_request(const struct conf *c, unsigned worker, const struct 
         METRIC_INC(mc->no_upstream[o]);
 }
 
-void metrics_labels_tokens(const struct conf *c, unsigned worker, const struct conf_key *key,
-                           const struct conf_model *m, long prompt, long completion)
+static uint64_t positive(long n)
+{
+    return n > 0 ? (uint64_t)n : 0;
+}
+
+void metrics_labels_usage(const struct conf *c, unsigned worker, const struct conf_key *key,
+                          const struct conf_model *m, const struct usage *u, double usd,
+                          bool estimated)
 {
     const struct label_index *x = index_of(c);
-    if (!x || !m || (prompt <= 0 && completion <= 0))
+    if (!x || !m || (u->prompt <= 0 && u->completion <= 0 && !estimated))
         return;
     size_t k = key ? (size_t)(key - c->keys) : c->nkeys;
     struct km_counters *t = (struct km_counters *)counters(
         x->reg, DIM_KEYMODEL, worker, x->km_id[k * c->nmodels + (size_t)(m - c->models)]);
     if (!t)
         return;
-    METRIC_ADD(t->prompt, (uint64_t)(prompt > 0 ? prompt : 0));
-    METRIC_ADD(t->completion, (uint64_t)(completion > 0 ? completion : 0));
+    METRIC_ADD(t->prompt, positive(u->prompt));
+    METRIC_ADD(t->completion, positive(u->completion));
+    METRIC_ADD(t->cache_read, positive(u->cache_read));
+    METRIC_ADD(t->cache_write, positive(u->cache_write));
+    METRIC_ADD(t->nano_usd, (uint64_t)(usd > 0 ? usd * 1e9 + 0.5 : 0));
+    if (estimated)
+        METRIC_INC(t->estimated);
 }
 
 void metrics_labels_key_limited(const struct conf *c, unsigned worker,
@@ -499,28 +512,61 @@ static void render_models(struct buf *out, const struct conf *c, const struct la
     buf_free(&l);
 }
 
+/* The usage families, each over the key × model pairs that saw usage. */
+enum km_family { KM_TOKENS, KM_COST, KM_ESTIMATED, KM_FAMILY_COUNT };
+
+static void render_km_pair(struct buf *out, const char *l, const struct km_counters *t,
+                           enum km_family f)
+{
+    static const char *const kinds[] = {"prompt", "completion", "cache_read", "cache_write"};
+    const uint64_t tok[] = {t->prompt, t->completion, t->cache_read, t->cache_write};
+    if (f == KM_COST)
+        buf_printf(out, "llmux_cost_usd_total{%s} %.9f\n", l, (double)t->nano_usd / 1e9);
+    else if (f == KM_ESTIMATED && t->estimated)
+        buf_printf(out, "llmux_usage_estimated_total{%s} %lu\n", l,
+                   (unsigned long)t->estimated);
+    for (size_t i = 0; f == KM_TOKENS && i < sizeof tok / sizeof tok[0]; i++)
+        if (i < 2 || tok[i])
+            buf_printf(out, "llmux_tokens_total{%s,kind=\"%s\"} %lu\n", l, kinds[i],
+                       (unsigned long)tok[i]);
+}
+
+static void render_usage(struct buf *out, const struct conf *c, const struct label_index *x)
+{
+    static const char *const name[KM_FAMILY_COUNT] = {
+        "tokens_total", "cost_usd_total", "usage_estimated_total",
+    };
+    static const char *const help[KM_FAMILY_COUNT] = {
+        "Tokens charged, by key (\"\" without keys), model and kind (prompt includes "
+        "cache_read and cache_write).",
+        "USD charged by the price table, by key and model.",
+        "Requests charged by estimate (the upstream gave no usage), by key and model.",
+    };
+    struct buf l = BUF_INIT;
+    for (int f = 0; f < KM_FAMILY_COUNT; f++) {
+        metrics_header(out, name[f], "counter", help[f]);
+        for (size_t k = 0; k <= c->nkeys; k++) {
+            for (size_t m = 0; m < c->nmodels; m++) {
+                struct km_counters t;
+                sum_id(x->reg, DIM_KEYMODEL, x->km_id[k * c->nmodels + m], &t);
+                if (!t.prompt && !t.completion && !t.estimated)
+                    continue;
+                buf_reset(&l);
+                label(&l, "key", k < c->nkeys ? c->keys[k].name : "");
+                buf_append(&l, ",", 1);
+                label(&l, "model", c->models[m].name);
+                render_km_pair(out, l.data, &t, (enum km_family)f);
+            }
+        }
+    }
+    buf_free(&l);
+}
+
 /* Key families list only what happened: keys × models can be large. */
 static void render_keys(struct buf *out, const struct conf *c, const struct label_index *x)
 {
     struct buf l = BUF_INIT;
-    metrics_header(out, "tokens_total", "counter",
-                   "Tokens reported by upstream usage, by key (\"\" without keys) and model.");
-    for (size_t k = 0; k <= c->nkeys; k++) {
-        for (size_t m = 0; m < c->nmodels; m++) {
-            struct km_counters t;
-            sum_id(x->reg, DIM_KEYMODEL, x->km_id[k * c->nmodels + m], &t);
-            if (!t.prompt && !t.completion)
-                continue;
-            buf_reset(&l);
-            label(&l, "key", k < c->nkeys ? c->keys[k].name : "");
-            buf_append(&l, ",", 1);
-            label(&l, "model", c->models[m].name);
-            buf_printf(out, "llmux_tokens_total{%s,kind=\"prompt\"} %lu\n", l.data,
-                       (unsigned long)t.prompt);
-            buf_printf(out, "llmux_tokens_total{%s,kind=\"completion\"} %lu\n", l.data,
-                       (unsigned long)t.completion);
-        }
-    }
+    render_usage(out, c, x);
     metrics_header(out, "key_limited_total", "counter",
                    "Requests refused by a key's limit (429), by key and limit.");
     for (size_t k = 0; k < c->nkeys; k++) {

@@ -11,6 +11,7 @@
 #include "common/buf.h"
 #include "conf/conf.h"
 #include "daemon/metrics.h"
+#include "upstream/usage.h"
 
 enum key_limit { KEY_LIMIT_RPM, KEY_LIMIT_TPM, KEY_LIMIT_CONCURRENCY, KEY_LIMIT_COUNT };
 enum pair_event { PAIR_ATTEMPT, PAIR_RETRY, PAIR_FALLBACK, PAIR_FAILURE, PAIR_EVENT_COUNT };
@@ -38,9 +39,11 @@ void metrics_labels_attempt_time(const struct conf *c, unsigned worker, int pair
  * last (or -1 when none was tried). */
 void metrics_labels_request(const struct conf *c, unsigned worker, const struct conf_model *m,
                             int pair, enum outcome o, double sec);
-/* key NULL: the gateway has no keys. */
-void metrics_labels_tokens(const struct conf *c, unsigned worker, const struct conf_key *key,
-                           const struct conf_model *m, long prompt, long completion);
+/* What a request was charged: tokens by kind, USD, and whether by estimate. key NULL: the
+ * gateway has no keys. */
+void metrics_labels_usage(const struct conf *c, unsigned worker, const struct conf_key *key,
+                          const struct conf_model *m, const struct usage *u, double usd,
+                          bool estimated);
 void metrics_labels_key_limited(const struct conf *c, unsigned worker,
                                 const struct conf_key *key, enum key_limit l);
 

@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/sse.h"
+#include "daemon/cost.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/worker.h"
 #include "upstream/engine.h"
@@ -33,6 +34,8 @@ struct proxy {
     long status;
     int64_t retry_after_ms;
     double call_started;            /* ev_time the current attempt began */
+    size_t sent_bytes;              /* of the current attempt's body: its prompt estimate */
+    long events;                    /* stream events relayed: its completion estimate */
     bool paused, stream_failed;
     bool probe;                     /* this attempt is the half-open breaker's single probe */
     int pair;                       /* the target's metric labels (metrics_labels_pair) */
@@ -210,8 +213,28 @@ void proxy_worker_init(struct worker *w)
     w->admit.data = w;
 }
 
+/* The attempt that answered is charged to the request: its usage, or (none given: an upstream
+ * that reports none, a stream cut short) an estimate from what was sent and relayed. */
+static void charge(struct proxy *p)
+{
+    struct request *r = p->r;
+    struct usage u = p->codec.usage;
+    if (!u.seen) {
+        cost_estimate(&u, p->sent_bytes, p->events);
+        r->usage_estimated = true;
+    }
+    usage_add(&r->usage, &u);
+    if (p->target->price) {
+        r->priced = true;
+        r->cost_usd += cost_of(p->target->price, &u);
+    }
+}
+
 void proxy_cancel(struct proxy *p, enum abort_reason why)
 {
+    /* an answer already under way is billed by the provider whether or not we read it all */
+    if (p->call && p->status >= 200 && p->status < 300)
+        charge(p);
     if (p->call) {
         call_cancel(p->call);
         p->call = NULL;
@@ -292,6 +315,9 @@ static int launch(struct proxy *p)
         codec_free(&p->codec);
     codec_init(&p->codec, up->provider, r->ep, model, (long)time(NULL));
     p->codec.anthropic_version = r->anthropic_version[0] ? r->anthropic_version : NULL;
+    p->codec.strip_usage = r->stream && (r->ep == EP_CHAT || r->ep == EP_COMPLETIONS) &&
+                           !openai_stream_usage_asked(p->body);
+    p->events = 0;
     const char *path = p->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
     struct buf body = BUF_INIT;
@@ -311,7 +337,7 @@ static int launch(struct proxy *p)
     struct buf url = BUF_INIT;
     buf_printf(&url, "%s%s", up->base_url, path);
     spec.url = url.data;
-    spec.body_len = body.len;
+    spec.body_len = p->sent_bytes = body.len;
     spec.body = buf_steal(&body);
     spec.headers = build_headers(p, up);
     spec.connect_timeout_ms = r->conf->timeouts.connect_ms;
@@ -369,6 +395,7 @@ static void on_head(void *ud, long status, int64_t retry_after_ms)
 static int on_sse_event(void *ud, const char *ev, size_t elen, const char *data, size_t dlen)
 {
     struct proxy *p = ud;
+    p->events++;
     if (p->codec.ops->decode_event(&p->codec, ev, elen, data, dlen, &p->frames) < 0) {
         p->stream_failed = true;
         return -1;
@@ -507,8 +534,7 @@ static bool deliver_body(struct proxy *p)
         buf_free(&out);
         return false;
     }
-    r->prompt_tokens += p->codec.prompt_tokens;
-    r->completion_tokens += p->codec.completion_tokens;
+    charge(p);
     struct buf *body = out.len ? &out : &p->resp;
     request_respond(r, (int)p->status, body->data, body->len);
     buf_free(&out);
@@ -516,12 +542,24 @@ static bool deliver_body(struct proxy *p)
     return true;
 }
 
+/* Streams carry their cost in a last SSE comment (a header went out before it was known);
+ * clients skip comments. */
+static void stream_cost_comment(struct request *r)
+{
+    char cost[32], line[48];
+    if (!r->priced)
+        return;
+    cost_format(cost, sizeof cost, r->cost_usd);
+    int n = snprintf(line, sizeof line, ": cost_usd=%s\n\n", cost);
+    request_stream_data(r, line, (size_t)n);
+}
+
 static void finish_stream(struct proxy *p, enum call_result result, long status,
                           const char *detail)
 {
     struct request *r = p->r;
-    r->prompt_tokens += p->codec.prompt_tokens;
-    r->completion_tokens += p->codec.completion_tokens;
+    charge(p);
+    stream_cost_comment(r);
     if (result == CALL_OK && p->codec.stream_done) {
         request_stream_end(r, true);
         request_end(r, OUTCOME_COMPLETED);

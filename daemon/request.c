@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "daemon/cost.h"
 #include "daemon/gather.h"
 #include "daemon/jobs.h"
 #include "daemon/keylimit.h"
@@ -77,20 +78,23 @@ static enum abort_reason abort_reason_of(enum outcome o)
 
 static void access_log(const struct request *r, double elapsed_ms)
 {
-    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24];
+    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24], cost[32];
     snprintf(status, sizeof status, "%d", r->status);
     snprintf(bytes, sizeof bytes, "%lu", (unsigned long)r->bytes_out);
     snprintf(ms, sizeof ms, "%.3f", elapsed_ms);
     snprintf(ums, sizeof ums, "%.3f", r->upstream_ms);
     snprintf(attempts, sizeof attempts, "%u", r->attempts);
-    snprintf(tokens, sizeof tokens, "%ld", r->prompt_tokens + r->completion_tokens);
+    snprintf(tokens, sizeof tokens, "%ld", r->usage.prompt + r->usage.completion);
+    cost_format(cost, sizeof cost, r->priced ? r->cost_usd : -1);
     log_fields(LOG_INFO, "access", "request_id", r->id, "client", r->client[0] ? r->client : "-",
                "user_agent", r->user_agent ? r->user_agent : "-",
                "key", r->key ? r->key->name : "-",
                "method", r->method, "path", r->path, "model", r->model ? r->model : "-",
                "upstream", r->upstream ? r->upstream : "-", "#status", status, "#bytes", bytes,
                "#latency_ms", ms, "#upstream_ms", ums, "#attempts", attempts,
-               "#tokens", tokens, "outcome", outcome_name(r->outcome), (char *)NULL);
+               "#tokens", tokens, r->priced ? "#cost_usd" : "cost_usd", cost,
+               "usage", r->usage_estimated ? "estimated" : r->usage.seen ? "reported" : "-",
+               "outcome", outcome_name(r->outcome), (char *)NULL);
 }
 
 static void account(struct request *r)
@@ -102,8 +106,8 @@ static void account(struct request *r)
     METRIC_DEC(m->inflight_requests);
     metrics_observe(&m->request_latency, elapsed);
     metrics_labels_request(r->conf, r->w->id, r->cmodel, r->label_pair, r->outcome, elapsed);
-    metrics_labels_tokens(r->conf, r->w->id, r->key, r->cmodel, r->prompt_tokens,
-                          r->completion_tokens);
+    metrics_labels_usage(r->conf, r->w->id, r->key, r->cmodel, &r->usage, r->cost_usd,
+                         r->usage_estimated);
     if (r->conf->log.access)
         access_log(r, elapsed * 1000.0);
 }

@@ -69,7 +69,10 @@ struct request {
     char location[48];                  /* Location header of a 202 (a job); "" = none */
     unsigned attempts;
     int64_t retry_after_s;              /* -1 none */
-    long prompt_tokens, completion_tokens;
+    struct usage usage;                 /* tokens charged: the upstream's usage, or estimated */
+    double cost_usd;                    /* what they cost by the price table */
+    bool priced;                        /* a price row applied (else the cost is unknown) */
+    bool usage_estimated;               /* a call gave no usage and was charged by estimate */
     uint64_t bytes_out;
     double upstream_ms;
     struct proxy *proxy;                /* upstream work of chat-like requests */

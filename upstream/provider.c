@@ -99,7 +99,14 @@ json_t *openai_error(const char *message, const char *type, const char *param, c
                      "param", param, "code", code);
 }
 
-void openai_usage(const json_t *obj, long *prompt, long *completion)
+/* Counts a client could fake through a relayed answer are kept non-negative. */
+static long usage_count(const json_t *v)
+{
+    json_int_t n = json_integer_value(v);
+    return n > 0 ? (long)n : 0;
+}
+
+void openai_usage(const json_t *obj, struct usage *out)
 {
     json_t *u = json_object_get(obj, "usage");
     if (!json_is_object(u))
@@ -109,19 +116,41 @@ void openai_usage(const json_t *obj, long *prompt, long *completion)
         p = json_object_get(u, "input_tokens");
         c = json_object_get(u, "output_tokens");
     }
-    if (json_is_integer(p))
-        *prompt += (long)json_integer_value(p);
-    if (json_is_integer(c))
-        *completion += (long)json_integer_value(c);
+    if (!json_is_integer(p) && !json_is_integer(c))
+        return;
+    out->seen = true;
+    out->prompt += usage_count(p);
+    out->completion += usage_count(c);
+    json_t *d = json_object_get(u, "prompt_tokens_details");
+    if (!d)
+        d = json_object_get(u, "input_tokens_details");
+    long cached = usage_count(json_object_get(d, "cached_tokens"));
+    /* cached tokens are part of prompt_tokens: never more of them than the prompt had */
+    out->cache_read += cached < usage_count(p) ? cached : usage_count(p);
 }
 
-void openai_usage_text(const char *body, size_t len, long *prompt, long *completion)
+bool openai_stream_usage_asked(const json_t *body)
+{
+    return json_is_true(json_object_get(json_object_get(body, "stream_options"),
+                                        "include_usage"));
+}
+
+void usage_add(struct usage *to, const struct usage *u)
+{
+    to->prompt += u->prompt;
+    to->completion += u->completion;
+    to->cache_read += u->cache_read;
+    to->cache_write += u->cache_write;
+    to->seen |= u->seen;
+}
+
+void openai_usage_text(const char *body, size_t len, struct usage *out)
 {
     size_t start, end;
     if (json_scan_member(body, len, "usage", &start, &end) < 0)
         return;
     json_t *u = json_loadb(body + start, end - start, 0, NULL);
     json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
-    openai_usage(wrap, prompt, completion);
+    openai_usage(wrap, out);
     json_decref(wrap);
 }

@@ -27,7 +27,9 @@ struct codec {
     enum endpoint ep;
     const char *anthropic_version;  /* the client's anthropic-version, or NULL (borrowed) */
     bool stream_done;               /* the terminal event ([DONE] / message_stop) was relayed */
-    long prompt_tokens, completion_tokens;
+    bool strip_usage;               /* the usage-only stream chunk was asked for by us, not the
+                                     * client: it is read, not relayed */
+    struct usage usage;             /* of the answer; added to by decode_body/decode_event */
     struct anthropic_stream anthropic;
     struct messages_stream messages;
 };
@@ -77,10 +79,13 @@ int codec_splice_model(json_t *body, const struct buf *raw, const char *model, s
 /* Appends one SSE event as received: "event: NAME\n" (when named) "data: DATA\n\n". */
 int codec_sse_frame(struct buf *out, const char *event, size_t elen, const char *data,
                     size_t dlen);
-/* Reads usage.prompt_tokens/completion_tokens from an OpenAI object, when present (or the
- * input_tokens/output_tokens of Anthropic messages and OpenAI responses). */
-void openai_usage(const json_t *obj, long *prompt, long *completion);
+/* Adds usage.prompt_tokens/completion_tokens (and prompt_tokens_details.cached_tokens) of an
+ * OpenAI object to u, when present (or the input_tokens/output_tokens of OpenAI responses). */
+void openai_usage(const json_t *obj, struct usage *u);
 /* The same from JSON text, parsing only its top-level `usage` member. */
-void openai_usage_text(const char *body, size_t len, long *prompt, long *completion);
+void openai_usage_text(const char *body, size_t len, struct usage *u);
+void usage_add(struct usage *to, const struct usage *u);
+/* The client's body asks for usage on its stream (stream_options.include_usage: true). */
+bool openai_stream_usage_asked(const json_t *body);
 
 #endif

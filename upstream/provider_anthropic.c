@@ -18,8 +18,7 @@
 
 
 static const char *dec_finish(const char *stop_reason);
-static long dec_prompt_tokens(const json_t *usage);
-static json_t *dec_usage(long prompt, long completion);
+static json_t *dec_usage(const struct usage *u);
 static json_t *err_json(const char *msg, const char *type, const char *code);
 static json_t *err_from_doc(const json_t *doc);
 static json_t *err_generic(long status, const char *body, size_t len);
@@ -38,7 +37,8 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *model)
     const json_t *content = json_object_get(msg, "content");
     if (!json_is_array(content))
         return NULL;
-    const json_t *usage = json_object_get(msg, "usage");
+    struct usage u = {0};
+    anthropic_usage(json_object_get(msg, "usage"), &u);
     const char *id = json_string_value(json_object_get(msg, "id"));
     struct buf text = BUF_INIT;
     json_t *calls = json_array(), *message = NULL, *res = NULL;
@@ -78,9 +78,7 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *model)
                     "model", model ? model : "",
                     "choices", "index", 0, "message", message, "finish_reason",
                     dec_finish(json_string_value(json_object_get(msg, "stop_reason"))),
-                    "usage", dec_usage(dec_prompt_tokens(usage),
-                                       (long)json_integer_value(json_object_get(usage,
-                                                                                "output_tokens"))));
+                    "usage", dec_usage(&u));
 done:
     json_decref(message);
     json_decref(calls);
@@ -102,19 +100,38 @@ static const char *dec_finish(const char *stop_reason)
     return "stop";
 }
 
-/* Anthropic counts cached prompt tokens apart from input_tokens; OpenAI's prompt_tokens
- * includes them, and that is what a client compares against its own accounting. */
-static long dec_prompt_tokens(const json_t *usage)
+static long dec_count(const json_t *usage, const char *name)
 {
-    return (long)(json_integer_value(json_object_get(usage, "input_tokens")) +
-                  json_integer_value(json_object_get(usage, "cache_read_input_tokens")) +
-                  json_integer_value(json_object_get(usage, "cache_creation_input_tokens")));
+    json_int_t n = json_integer_value(json_object_get(usage, name));
+    return n > 0 ? (long)n : 0;
 }
 
-static json_t *dec_usage(long prompt, long completion)
+/* Anthropic counts cached prompt tokens apart from input_tokens; OpenAI's prompt_tokens
+ * includes them, and that is what a client compares against its own accounting. The kinds
+ * stay apart in u too, each priced at its own rate. */
+void anthropic_usage(const json_t *usage, struct usage *u)
 {
-    return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)prompt, "completion_tokens",
-                     (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion));
+    if (!json_is_object(usage))
+        return;
+    long input = dec_count(usage, "input_tokens");
+    u->cache_read = dec_count(usage, "cache_read_input_tokens");
+    u->cache_write = dec_count(usage, "cache_creation_input_tokens");
+    u->prompt = input + u->cache_read + u->cache_write;
+    if (json_is_integer(json_object_get(usage, "output_tokens")))
+        u->completion = dec_count(usage, "output_tokens");
+    u->seen = true;
+}
+
+/* OpenAI's shape, cache reads as prompt_tokens_details.cached_tokens (as OpenAI reports them). */
+static json_t *dec_usage(const struct usage *u)
+{
+    json_t *j = json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)u->prompt,
+                          "completion_tokens", (json_int_t)u->completion, "total_tokens",
+                          (json_int_t)(u->prompt + u->completion));
+    if (j && u->cache_read > 0)
+        json_object_set_new(j, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens", (json_int_t)u->cache_read));
+    return j;
 }
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -261,9 +278,7 @@ static int stream_message_start(struct anthropic_stream *s, const json_t *doc, s
         free(s->model);
         s->model = copy;
     }
-    const json_t *u = json_object_get(m, "usage");
-    s->prompt_tokens = dec_prompt_tokens(u);
-    s->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+    anthropic_usage(json_object_get(m, "usage"), &s->usage);
     return stream_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL,
                         NULL, out);
 }
@@ -320,13 +335,15 @@ static int stream_message_delta(struct anthropic_stream *s, const json_t *doc, s
     if (!json_is_object(d))
         return -1;
     /* Newer API versions repeat the (cumulative) input counts here; older ones only output. */
-    if (json_is_integer(json_object_get(u, "input_tokens")))
-        s->prompt_tokens = dec_prompt_tokens(u);
-    if (json_is_integer(json_object_get(u, "output_tokens")))
-        s->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+    if (json_is_integer(json_object_get(u, "input_tokens"))) {
+        anthropic_usage(u, &s->usage);
+    } else if (json_is_integer(json_object_get(u, "output_tokens"))) {
+        s->usage.completion = dec_count(u, "output_tokens");
+        s->usage.seen = true;
+    }
     const char *finish = dec_finish(json_string_value(json_object_get(d, "stop_reason")));
     return stream_chunk(s, json_object(), finish,
-                        dec_usage(s->prompt_tokens, s->completion_tokens), out);
+                        dec_usage(&s->usage), out);
 }
 
 static int stream_dispatch(struct anthropic_stream *s, const char *ev, size_t elen,

@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include "common/buf.h"
+#include "upstream/usage.h"
 
 #define ANTHROPIC_VERSION "2023-06-01"
 #define ANTHROPIC_DEFAULT_MAX_TOKENS 4096
@@ -32,11 +33,14 @@ struct anthropic_stream {
     char *model;                /* reported in chunks: the upstream's (from message_start),
                                  * else the model asked for */
     long created;
-    long prompt_tokens, completion_tokens;
+    struct usage usage;
     int tool_calls;             /* tool_use blocks started: OpenAI's tool_calls[].index */
     bool done;                  /* message_stop seen */
 };
 
+/* An Anthropic usage object → u (prompt includes the cache reads and writes, counted apart
+ * too); u is left alone when usage is not an object. */
+void anthropic_usage(const json_t *usage, struct usage *u);
 void anthropic_stream_init(struct anthropic_stream *s, const char *model, long created);
 /* One Anthropic SSE event → zero or more OpenAI frames appended to out, each exactly
  * "data: {chat.completion.chunk}\n\n"; after message_stop also "data: [DONE]\n\n".

@@ -49,17 +49,14 @@ static struct curl_slist *anthropic_auth(const struct codec *c, const struct con
     return h;
 }
 
-/* input_tokens leaves out cached prompt tokens; the gateway's prompt count includes them. */
+/* input_tokens leaves out cached prompt tokens; the gateway's prompt count includes them
+ * (anthropic_usage). A message_delta's output count is cumulative: it replaces. */
 static void relay_usage(struct codec *c, const json_t *u, bool with_output)
 {
-    if (!json_is_object(u))
-        return;
-    c->prompt_tokens = (long)(json_integer_value(json_object_get(u, "input_tokens")) +
-                              json_integer_value(json_object_get(u, "cache_read_input_tokens")) +
-                              json_integer_value(json_object_get(u,
-                                                                 "cache_creation_input_tokens")));
-    if (with_output)
-        c->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+    long completion = c->usage.completion;
+    anthropic_usage(u, &c->usage);
+    if (!with_output)
+        c->usage.completion = completion;
 }
 
 static int relay_body(struct codec *c, enum endpoint ep, const char *in, size_t len)
@@ -82,10 +79,11 @@ static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, siz
         return relay_body(c, ep, in, len);
     json_t *msg = json_loadb(in, len, 0, NULL);
     json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->model) : NULL;
+    if (oa)
+        anthropic_usage(json_object_get(msg, "usage"), &c->usage);
     json_decref(msg);
     if (!oa)
         return -1;
-    openai_usage(oa, &c->prompt_tokens, &c->completion_tokens);
     int rc = json_write(oa, out);
     json_decref(oa);
     return rc;
@@ -119,8 +117,11 @@ static int relay_event(struct codec *c, const char *event, size_t elen, const ch
         const json_t *u = json_object_get(start ? json_object_get(j, "message") : j, "usage");
         if (start || json_is_integer(json_object_get(u, "input_tokens")))
             relay_usage(c, u, start);
-        if (json_is_integer(json_object_get(u, "output_tokens")))
-            c->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+        if (json_is_integer(json_object_get(u, "output_tokens"))) {
+            json_int_t n = json_integer_value(json_object_get(u, "output_tokens"));
+            c->usage.completion = n > 0 ? (long)n : 0;
+            c->usage.seen = true;
+        }
         json_decref(j);
     }
     if (elen == 12 && !memcmp(event, "message_stop", 12))
@@ -135,8 +136,7 @@ static int anthropic_event(struct codec *c, const char *event, size_t elen, cons
         return relay_event(c, event, elen, data, dlen, out);
     int rc = anthropic_stream_event(&c->anthropic, event, elen, data, dlen, out);
     c->stream_done = c->anthropic.done;
-    c->prompt_tokens = c->anthropic.prompt_tokens;
-    c->completion_tokens = c->anthropic.completion_tokens;
+    c->usage = c->anthropic.usage;
     return rc;
 }
 

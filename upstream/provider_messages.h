@@ -8,6 +8,7 @@
 #include <stdbool.h>
 
 #include "common/buf.h"
+#include "upstream/usage.h"
 
 /* Messages body → chat.completions body for `model` (the one place this direction builds a
  * tree). NULL with a client-facing message in err and the field in param ("messages[1]
@@ -22,7 +23,7 @@ const char *messages_stop_reason(const char *finish_reason);
  * completion's own model string, else `model`;
  * token counts added to *prompt / *completion. -1 when the body is not a chat.completion. */
 int messages_from_completion(const char *in, size_t len, const char *model,
-                             struct buf *out, long *prompt, long *completion);
+                             struct buf *out, struct usage *usage);
 
 /* Stream translation state, one per upstream call. Content blocks are numbered in the order
  * they open; an OpenAI tool call index maps to the block that carries it. */
@@ -41,6 +42,7 @@ struct messages_stream {
     int tool_block[MESSAGES_MAX_TOOL_CALLS];    /* OpenAI tool index → block index, -1 none */
     const char *stop_reason;        /* static string, from the last finish_reason */
     long prompt_tokens, cached_tokens, completion_tokens;
+    bool usage_seen;            /* the upstream's usage chunk came */
 };
 
 void messages_stream_init(struct messages_stream *s, const char *model);

@@ -12,7 +12,7 @@
 static json_t *dec_load(const char *p, size_t n);
 static int dec_error(const json_t *doc, const char *fallback, struct buf *out);
 static json_t *dec_content(const json_t *message);
-static json_t *dec_usage(const json_t *usage, long *prompt, long *completion);
+static json_t *dec_usage(const json_t *usage, struct usage *out);
 
 static const char *str_or(const char *s, const char *dflt)
 {
@@ -41,7 +41,7 @@ static json_t *dec_load(const char *p, size_t n)
 }
 
 int messages_from_completion(const char *in, size_t len, const char *model,
-                             struct buf *out, long *prompt, long *completion)
+                             struct buf *out, struct usage *usage)
 {
     json_t *doc = dec_load(in, len), *msg = NULL;
     const json_t *choice = json_array_get(json_object_get(doc, "choices"), 0);
@@ -65,7 +65,7 @@ int messages_from_completion(const char *in, size_t len, const char *model,
                     "assistant", "model", own ? own : model ? model : "", "content",
                     content ? content : json_array(), "stop_reason",
                     messages_stop_reason(finish), "stop_sequence", "usage",
-                    dec_usage(json_object_get(doc, "usage"), prompt, completion));
+                    dec_usage(json_object_get(doc, "usage"), usage));
     char *text = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
     rc = text ? buf_puts(out, text) : -1;
     free(text);
@@ -104,16 +104,14 @@ static json_t *dec_content(const json_t *message)
 }
 
 /* OpenAI's prompt_tokens includes cached tokens; Anthropic counts them apart. */
-static json_t *dec_usage(const json_t *usage, long *prompt, long *completion)
+static json_t *dec_usage(const json_t *usage, struct usage *out)
 {
-    long p = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
-    long c = (long)json_integer_value(json_object_get(usage, "completion_tokens"));
-    long cached = (long)json_integer_value(json_object_get(json_object_get(usage,
-                                          "prompt_tokens_details"), "cached_tokens"));
-    if (cached < 0 || cached > p)
-        cached = 0;
-    *prompt += p;
-    *completion += c;
+    struct usage got = {0};
+    json_t *wrap = json_pack("{s:O}", "usage", usage ? (json_t *)usage : json_null());
+    openai_usage(wrap, &got);
+    json_decref(wrap);
+    usage_add(out, &got);
+    long p = got.prompt, c = got.completion, cached = got.cache_read;
     json_t *u = json_pack("{s:I,s:I}", "input_tokens", (json_int_t)(p - cached),
                           "output_tokens", (json_int_t)c);
     if (u && cached)
@@ -261,6 +259,7 @@ static void on_usage(struct messages_stream *s, const json_t *u)
                                                "prompt_tokens_details"), "cached_tokens"));
     if (s->cached_tokens < 0 || s->cached_tokens > s->prompt_tokens)
         s->cached_tokens = 0;
+    s->usage_seen = true;
 }
 
 static int on_chunk(struct messages_stream *s, const json_t *doc, struct buf *out)

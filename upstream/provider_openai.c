@@ -21,10 +21,53 @@ static const char *openai_path(enum endpoint ep)
     return paths[ep];
 }
 
+#define USAGE_OPTION "\"stream_options\":{\"include_usage\":true}"
+
+/* A stream is asked to end with a usage chunk (what the cost accounting reads) unless the
+ * client asked already; the chunk is then not relayed (codec.strip_usage). */
+static bool openai_wants_usage_option(enum endpoint ep, const json_t *body)
+{
+    return (ep == EP_CHAT || ep == EP_COMPLETIONS) &&
+           json_is_true(json_object_get(body, "stream")) && !openai_stream_usage_asked(body);
+}
+
+/* codec_splice_model with the usage option spliced in after the opening brace. -1: not
+ * possible here (no text, or the client's own stream_options, amended in the tree instead). */
+static int openai_splice_usage(const struct buf *raw, const char *model, struct buf *out)
+{
+    size_t start, end, brace = 0, so_start, so_end;
+    if (!raw || !raw->len || json_scan_member(raw->data, raw->len, "model", &start, &end) < 0 ||
+        json_scan_member(raw->data, raw->len, "stream_options", &so_start, &so_end) == 0)
+        return -1;
+    while (brace < start && raw->data[brace] != '{')
+        brace++;
+    if (buf_reserve(out, raw->len + strlen(model) + sizeof USAGE_OPTION + 16) < 0)
+        return -1;
+    buf_append(out, raw->data, brace + 1);
+    buf_puts(out, USAGE_OPTION ",");
+    buf_append(out, raw->data + brace + 1, start - brace - 1);
+    buf_puts(out, "\"");
+    buf_json_escape(out, model, strlen(model));
+    buf_puts(out, "\"");
+    buf_append(out, raw->data + end, raw->len - end);
+    return 0;
+}
+
 static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
                          const char *model, unsigned default_max_tokens, struct buf *out,
                          char *err, size_t errlen, char *param, size_t paramlen)
 {
+    if (openai_wants_usage_option(ep, body)) {
+        if (openai_splice_usage(raw, model, out) == 0)
+            return 0;
+        buf_reset(out);
+        json_t *so = json_object_get(body, "stream_options");
+        if (!so)
+            json_object_set_new(body, "stream_options", so = json_object());
+        if (json_is_object(so))
+            json_object_set_new(so, "include_usage", json_true());
+        return codec_splice_model(body, NULL, model, out, err, errlen);
+    }
     if (ep != EP_MESSAGES)
         return codec_splice_model(body, raw, model, out, err, errlen);
     json_t *chat = messages_to_chat(body, model, err, errlen, param, paramlen);
@@ -51,13 +94,12 @@ static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in,
                               struct buf *out)
 {
     if (ep == EP_MESSAGES)
-        return messages_from_completion(in, len, c->model, out, &c->prompt_tokens,
-                                        &c->completion_tokens);
+        return messages_from_completion(in, len, c->model, out, &c->usage);
     /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
      * cost a fraction of parsing the whole answer. */
     if (json_scan_object(in, len) < 0)
         return -1;
-    openai_usage_text(in, len, &c->prompt_tokens, &c->completion_tokens);
+    openai_usage_text(in, len, &c->usage);
     return 0;
 }
 
@@ -74,12 +116,25 @@ static int responses_event(struct codec *c, const char *event, size_t elen, cons
             c->stream_done = true;
     if (elen == 18 && !memcmp(event, "response.completed", 18)) {
         json_t *j = json_loadb(data, dlen, 0, NULL);
-        openai_usage(json_object_get(j, "response"), &c->prompt_tokens, &c->completion_tokens);
+        openai_usage(json_object_get(j, "response"), &c->usage);
         json_decref(j);
     }
     if (dlen == 6 && !memcmp(data, "[DONE]", 6))
         c->stream_done = true;
     return codec_sse_frame(out, event, elen, data, dlen);
+}
+
+/* A "usage" member other than null (streams asked for usage say "usage":null on every chunk
+ * but the last, and those need no parse). */
+static bool has_usage(const char *data, size_t dlen)
+{
+    const char *u = memmem(data, dlen, "\"usage\"", 7);
+    if (!u)
+        return false;
+    const char *p = u + 7, *e = data + dlen;
+    while (p < e && (*p == ' ' || *p == ':' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return !(e - p >= 4 && !memcmp(p, "null", 4));
 }
 
 static int openai_decode_event(struct codec *c, const char *event, size_t elen,
@@ -88,8 +143,10 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
     if (c->ep == EP_MESSAGES) {
         int rc = messages_stream_event(&c->messages, data, dlen, out);
         c->stream_done = c->messages.done;
-        c->prompt_tokens = c->messages.prompt_tokens;
-        c->completion_tokens = c->messages.completion_tokens;
+        c->usage = (struct usage){.prompt = c->messages.prompt_tokens,
+                                  .completion = c->messages.completion_tokens,
+                                  .cache_read = c->messages.cached_tokens,
+                                  .seen = c->messages.usage_seen};
         return rc;
     }
     if (c->ep == EP_RESPONSES)
@@ -99,7 +156,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
         return buf_puts(out, "data: [DONE]\n\n");
     }
     /* Only chunks that carry usage or an error are worth a JSON parse on this hot path. */
-    if (memmem(data, dlen, "\"usage\"", 7) || memmem(data, dlen, "\"error\"", 7)) {
+    if (has_usage(data, dlen) || memmem(data, dlen, "\"error\"", 7)) {
         json_t *j = json_loadb(data, dlen, 0, NULL);
         if (!json_is_object(j)) {
             json_decref(j);
@@ -113,8 +170,12 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
             json_decref(j);
             return -1;
         }
-        openai_usage(j, &c->prompt_tokens, &c->completion_tokens);
+        openai_usage(j, &c->usage);
+        json_t *choices = json_object_get(j, "choices");
+        bool usage_only = json_is_array(choices) && json_array_size(choices) == 0;
         json_decref(j);
+        if (usage_only && c->strip_usage)
+            return 0;
     }
     if (buf_puts(out, "data: ") < 0 || buf_append(out, data, dlen) < 0)
         return -1;

@@ -67,8 +67,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         json_decref(in);
     } else if (data[0] % 3 == 1) {
         struct buf out = BUF_INIT;
-        long p = 0, c = 0;
-        if (messages_from_completion(d, n, "m", &out, &p, &c) == 0) {
+        struct usage u = {0};
+        if (messages_from_completion(d, n, "m", &out, &u) == 0) {
             json_t *j = json_loadb(out.data, out.len, 0, NULL);
             if (!json_is_array(json_object_get(j, "content")))
                 abort();

@@ -32,7 +32,8 @@ struct mock_dirs {
     char raw[MOCK_DIRS_MAX + 1];     /* the list as written: fail_first counts per this string */
     size_t raw_len;
     long delay_ms, status, retry_after, stream_n, interval_ms, reset_after, bytes, fail_first;
-    bool reset, garbage, stall, tool;
+    long cache_read, cache_write;
+    bool reset, garbage, stall, tool, no_usage;
 };
 
 /* What a successful answer says, derived once from the request body. */
@@ -44,6 +45,9 @@ struct mock_reply {
     unsigned long id;
     long created;
     long prompt_tokens, completion_tokens;
+    long cache_read, cache_write;    /* cache_read=, cache_write= directives (0 = none) */
+    bool no_usage;                   /* no_usage directive: answers carry no usage */
+    bool include_usage;              /* stream_options.include_usage: a usage-only last chunk */
     long inputs;                     /* embeddings: how many vectors */
     long chunks;                     /* content chunks of a stream */
     struct buf model;                /* raw UTF-8 */

@@ -136,6 +136,10 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     r->tool = false;
     r->prompt_tokens = (long)len / 4;
     r->completion_tokens = 7;
+    r->cache_read = d->cache_read;
+    r->cache_write = d->cache_write;
+    r->no_usage = d->no_usage;
+    r->include_usage = false;
     r->chunks = d->stream_n < 1 ? 1 : d->stream_n;
     if (api == MOCK_API_MODELS)
         return 0;
@@ -151,6 +155,9 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     const char *stream = json_member(p, end, "stream");
     r->stream = stream && end - stream >= 4 && memcmp(stream, "true", 4) == 0 &&
                 api != MOCK_API_EMBEDDINGS;
+    const char *so = json_member(p, end, "stream_options");
+    const char *iu = so && *so == '{' ? json_member(so, end, "include_usage") : NULL;
+    r->include_usage = iu && end - iu >= 4 && memcmp(iu, "true", 4) == 0;
     if (api == MOCK_API_EMBEDDINGS) {
         reply_inputs(r, p, end);
         return 0;
@@ -168,18 +175,34 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     return 0;
 }
 
+/* `"usage":{...},` — or nothing with no_usage. Anthropic counts cache tokens apart from
+ * input_tokens; OpenAI's prompt_tokens includes the cached ones. */
 static int body_usage(struct buf *out, const struct mock_reply *r)
 {
+    if (r->no_usage)
+        return 0;
     if (r->api == MOCK_API_MESSAGES)
-        return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld}",
-                          r->prompt_tokens, r->completion_tokens);
+        return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
+                          "\"cache_read_input_tokens\":%ld,\"cache_creation_input_tokens\":%ld},",
+                          r->prompt_tokens, r->completion_tokens, r->cache_read,
+                          r->cache_write);
     if (r->api == MOCK_API_RESPONSES)
         return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
-                          "\"total_tokens\":%ld}", r->prompt_tokens, r->completion_tokens,
+                          "\"total_tokens\":%ld},", r->prompt_tokens, r->completion_tokens,
                           r->prompt_tokens + r->completion_tokens);
+    long cached = r->cache_read < r->prompt_tokens ? r->cache_read : r->prompt_tokens;
     return buf_printf(out, "\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
-                      "\"total_tokens\":%ld}", r->prompt_tokens, r->completion_tokens,
-                      r->prompt_tokens + r->completion_tokens);
+                      "\"total_tokens\":%ld,\"prompt_tokens_details\":{\"cached_tokens\":%ld}},",
+                      r->prompt_tokens, r->completion_tokens,
+                      r->prompt_tokens + r->completion_tokens, cached);
+}
+
+/* Ends an object whose members were each written with a trailing comma. */
+static int close_obj(struct buf *out)
+{
+    if (out->len && out->data[out->len - 1] == ',')
+        out->len--;
+    return buf_puts(out, "}");
 }
 
 /* The part every OpenAI object starts with: {"id":..,"object":..,"created":..,"model":"..", */
@@ -247,7 +270,7 @@ int reply_body(struct mock_reply *r, struct buf *out)
         break;
     }
     body_usage(out, r);
-    return buf_puts(out, "}");
+    return close_obj(out);
 }
 
 /* Appends the escaped content of chunk k: the whole text when sized, else the k-th of `chunks`
@@ -286,8 +309,19 @@ static int step_openai(struct mock_reply *r, struct buf *ev, long step)
         else
             buf_puts(ev, "\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,"
                      "\"finish_reason\":\"stop\"}],");
+        if (!r->include_usage)
+            body_usage(ev, r);      /* as some OpenAI-compatible servers do unasked */
+        close_obj(ev);
+        buf_puts(ev, "\n\n");
+        if (!r->include_usage || r->no_usage)
+            return 0;
+        /* asked for: OpenAI's usage-only last chunk, with no choices */
+        buf_puts(ev, "data: ");
+        body_openai_head(ev, r, chat ? "chat.completion.chunk" : "text_completion");
+        buf_puts(ev, "\"choices\":[],");
         body_usage(ev, r);
-        return buf_puts(ev, "}\n\n");
+        close_obj(ev);
+        return buf_puts(ev, "\n\n");
     }
     if (r->tool) {
         buf_puts(ev, "\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,");
@@ -328,8 +362,13 @@ static int step_anthropic(struct mock_reply *r, struct buf *out, long step)
         buf_printf(ev, "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_mock_%lu\","
                    "\"type\":\"message\",\"role\":\"assistant\",\"model\":\"", r->id);
         buf_json_escape(ev, r->model.data, r->model.len);
-        buf_printf(ev, "\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
-                   "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":1}}}", r->prompt_tokens);
+        buf_puts(ev, "\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,");
+        if (!r->no_usage)
+            buf_printf(ev, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":1,"
+                       "\"cache_read_input_tokens\":%ld,\"cache_creation_input_tokens\":%ld},",
+                       r->prompt_tokens, r->cache_read, r->cache_write);
+        close_obj(ev);
+        buf_puts(ev, "}");
         ev_end(r, out);
         ev_begin(r, "content_block_start");
         buf_puts(ev, "{\"type\":\"content_block_start\",\"index\":0,"
@@ -351,9 +390,11 @@ static int step_anthropic(struct mock_reply *r, struct buf *out, long step)
     buf_puts(ev, "{\"type\":\"content_block_stop\",\"index\":0}");
     ev_end(r, out);
     ev_begin(r, "message_delta");
-    buf_printf(ev, "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\","
-               "\"stop_sequence\":null},\"usage\":{\"output_tokens\":%ld}}",
-               r->completion_tokens);
+    buf_puts(ev, "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\","
+             "\"stop_sequence\":null}");
+    if (!r->no_usage)
+        buf_printf(ev, ",\"usage\":{\"output_tokens\":%ld}", r->completion_tokens);
+    buf_puts(ev, "}");
     ev_end(r, out);
     ev_begin(r, "message_stop");
     buf_puts(ev, "{\"type\":\"message_stop\"}");
@@ -394,7 +435,7 @@ static int body_responses(struct mock_reply *r, struct buf *out, const char *sta
     if (!done)
         return buf_puts(out, "\"usage\":null}");
     body_usage(out, r);
-    return buf_puts(out, "}");
+    return close_obj(out);
 }
 
 /* response.created with the first delta, a response.output_text.delta per chunk, then

@@ -21,7 +21,8 @@ void mock_dirs_init(struct mock_dirs *d)
     d->delay_ms = d->status = d->retry_after = d->interval_ms = -1;
     d->reset_after = d->bytes = d->fail_first = -1;
     d->stream_n = 3;
-    d->reset = d->garbage = d->stall = d->tool = false;
+    d->cache_read = d->cache_write = 0;
+    d->reset = d->garbage = d->stall = d->tool = d->no_usage = false;
 }
 
 static bool dir_char(char c)
@@ -58,6 +59,8 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         {"reset_after", offsetof(struct mock_dirs, reset_after), MOCK_STREAM_MAX},
         {"bytes", offsetof(struct mock_dirs, bytes), MOCK_BYTES_MAX},
         {"fail_first", offsetof(struct mock_dirs, fail_first), 1000000000},
+        {"cache_read", offsetof(struct mock_dirs, cache_read), 1000000000},
+        {"cache_write", offsetof(struct mock_dirs, cache_write), 1000000000},
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         if (strlen(nums[i].key) == klen && memcmp(nums[i].key, k, klen) == 0) {
@@ -75,6 +78,8 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         d->stall = true;
     else if (klen == 4 && memcmp(k, "tool", 4) == 0)
         d->tool = true;
+    else if (klen == 8 && memcmp(k, "no_usage", 8) == 0)
+        d->no_usage = true;
 }
 
 static void dirs_parse(struct mock_dirs *d, const char *s, const char *end)

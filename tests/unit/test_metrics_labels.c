@@ -63,7 +63,9 @@ static void test_sums_workers_and_shares_pairs(void **state)
     metrics_labels_event(c, 0, p0, PAIR_ATTEMPT);
     metrics_labels_event(c, 1, p0, PAIR_ATTEMPT);
     metrics_labels_event(c, 1, p2, PAIR_FAILURE);
-    metrics_labels_tokens(c, 0, &c->keys[0], m, 10, 3);
+    struct usage u = {.prompt = 10, .completion = 3, .cache_read = 4, .seen = true};
+    metrics_labels_usage(c, 0, &c->keys[0], m, &u, 0.25, false);
+    metrics_labels_usage(c, 1, &c->keys[0], m, &u, 0.5, true);
     metrics_labels_key_limited(c, 1, &c->keys[0], KEY_LIMIT_RPM);
     char *text = render(c);
     assert_int_equal(value_of(text, "llmux_upstream_attempts_total{upstream=\"u1\","
@@ -71,7 +73,11 @@ static void test_sums_workers_and_shares_pairs(void **state)
     assert_int_equal(value_of(text, "llmux_upstream_failures_total{upstream=\"q\\\"x\","
                                         "model=\"m\"}"), 1);
     assert_int_equal(value_of(text, "llmux_tokens_total{key=\"k\",model=\"m\","
-                                        "kind=\"prompt\"}"), 10);
+                                        "kind=\"prompt\"}"), 20);
+    assert_int_equal(value_of(text, "llmux_tokens_total{key=\"k\",model=\"m\","
+                                        "kind=\"cache_read\"}"), 8);
+    assert_non_null(strstr(text, "llmux_cost_usd_total{key=\"k\",model=\"m\"} 0.75"));
+    assert_int_equal(value_of(text, "llmux_usage_estimated_total{key=\"k\",model=\"m\"}"), 1);
     assert_int_equal(value_of(text, "llmux_key_limited_total{key=\"k\",limit=\"rpm\"}"), 1);
     free(text);
     conf_unref(c);

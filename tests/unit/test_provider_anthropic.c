@@ -303,8 +303,20 @@ static void test_decode_chat_text_and_usage(void **state)
         " \"choices\":[{\"index\":0,"
         "   \"message\":{\"role\":\"assistant\",\"content\":\"Hello there\"},"
         "              \"finish_reason\":\"stop\"}],"
-        " \"usage\":{\"prompt_tokens\":17,\"completion_tokens\":5,\"total_tokens\":22}}");
+        " \"usage\":{\"prompt_tokens\":17,\"completion_tokens\":5,\"total_tokens\":22,"
+        "  \"prompt_tokens_details\":{\"cached_tokens\":4}}}");
     json_decref(res);
+    /* for pricing the kinds stay apart: 10 uncached + 4 read + 3 written, never summed twice */
+    json_t *u = json_loads("{\"input_tokens\":10,\"cache_creation_input_tokens\":3,"
+                           "\"cache_read_input_tokens\":4,\"output_tokens\":5}", 0, NULL);
+    struct usage got = {0};
+    anthropic_usage(u, &got);
+    json_decref(u);
+    assert_true(got.seen);
+    assert_int_equal(got.prompt, 17);
+    assert_int_equal(got.cache_read, 4);
+    assert_int_equal(got.cache_write, 3);
+    assert_int_equal(got.completion, 5);
 }
 
 static void test_decode_chat_tool_use(void **state)
@@ -466,7 +478,8 @@ static void test_stream_full_translation(void **state)
         {"message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\","
          "\"stop_sequence\":null},\"usage\":{\"output_tokens\":42}}",
          CHUNK_HEAD "{},\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":30,"
-         "\"completion_tokens\":42,\"total_tokens\":72}}\n\n"},
+         "\"completion_tokens\":42,\"total_tokens\":72,"
+         "\"prompt_tokens_details\":{\"cached_tokens\":5}}}\n\n"},
         {"message_stop", "{\"type\":\"message_stop\"}", "data: [DONE]\n\n"},
     };
     struct anthropic_stream s;

@@ -165,13 +165,13 @@ static void expect_message(const char *completion, const char *want, long want_p
                            long want_completion)
 {
     struct buf out = BUF_INIT;
-    long p = 0, c = 0;
+    struct usage u = {0};
     assert_int_equal(messages_from_completion(completion, strlen(completion), "claude-ish",
-                                              &out, &p, &c), 0);
+                                              &out, &u), 0);
     json_t *got = parse(out.data);
     assert_json_eq(got, want);
-    assert_int_equal(p, want_prompt);
-    assert_int_equal(c, want_completion);
+    assert_int_equal(u.prompt, want_prompt);
+    assert_int_equal(u.completion, want_completion);
     json_decref(got);
     buf_free(&out);
 }
@@ -244,9 +244,9 @@ static void test_answer_refusal_and_garbage(void **state)
                    "\"stop_reason\":\"refusal\",\"stop_sequence\":null,"
                    "\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}", 0, 0);
     struct buf out = BUF_INIT;
-    long p = 0, c = 0;
-    assert_int_equal(messages_from_completion("<html>", 6, "m", &out, &p, &c), -1);
-    assert_int_equal(messages_from_completion("{\"choices\":[]}", 14, "m", &out, &p, &c), -1);
+    struct usage u = {0};
+    assert_int_equal(messages_from_completion("<html>", 6, "m", &out, &u), -1);
+    assert_int_equal(messages_from_completion("{\"choices\":[]}", 14, "m", &out, &u), -1);
     buf_free(&out);
 }
 
@@ -426,8 +426,8 @@ static void test_anthropic_relay_events(void **state)
     buf_printf(&want, "event: message_start\ndata: %s\n\nevent: message_delta\ndata: %s\n\n"
                "event: message_stop\ndata: {}\n\n", start, delta);
     assert_string_equal(out.data, want.data);
-    assert_int_equal(c.prompt_tokens, 15);
-    assert_int_equal(c.completion_tokens, 42);
+    assert_int_equal(c.usage.prompt, 15);
+    assert_int_equal(c.usage.completion, 42);
     buf_reset(&out);
     const char *err = "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
                       "\"message\":\"busy\"}}";
@@ -450,8 +450,8 @@ static void test_responses_relay_events(void **state)
                        "{\"input_tokens\":4,\"output_tokens\":6,\"total_tokens\":10}}}";
     assert_int_equal(relay(&c, "response.completed", done, &out), 0);
     assert_true(c.stream_done);
-    assert_int_equal(c.prompt_tokens, 4);
-    assert_int_equal(c.completion_tokens, 6);
+    assert_int_equal(c.usage.prompt, 4);
+    assert_int_equal(c.usage.completion, 6);
     assert_non_null(strstr(out.data, "event: response.output_text.delta\ndata: {"));
     codec_free(&c);
     buf_free(&out);

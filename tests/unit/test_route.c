@@ -20,7 +20,11 @@ static struct conf_model model(enum conf_strategy s, struct conf_target *t, size
 
 static void test_fallback_keeps_config_order(void **state)
 {
-    struct conf_target t[3] = {{&ups[0], NULL, 1}, {&ups[1], NULL, 5}, {&ups[2], NULL, 9}};
+    struct conf_target t[3] = {
+        {.upstream = &ups[0], .weight = 1},
+        {.upstream = &ups[1], .weight = 5},
+        {.upstream = &ups[2], .weight = 9},
+    };
     struct conf_model m = model(STRATEGY_FALLBACK, t, 3);
     unsigned order[ROUTE_MAX_TARGETS];
     uint32_t rng = 7;
@@ -32,7 +36,11 @@ static void test_fallback_keeps_config_order(void **state)
 
 static void test_least_inflight_sorts_by_load_stably(void **state)
 {
-    struct conf_target t[3] = {{&ups[0], NULL, 1}, {&ups[1], NULL, 1}, {&ups[2], NULL, 1}};
+    struct conf_target t[3] = {
+        {.upstream = &ups[0], .weight = 1},
+        {.upstream = &ups[1], .weight = 1},
+        {.upstream = &ups[2], .weight = 1},
+    };
     struct conf_model m = model(STRATEGY_LEAST_INFLIGHT, t, 3);
     struct route_health h0 = {.inflight = 5}, h1 = {.inflight = 1}, h2 = {.inflight = 1};
     const struct route_health *hs[3] = {&h0, &h1, &h2};
@@ -46,7 +54,10 @@ static void test_least_inflight_sorts_by_load_stably(void **state)
 
 static void test_weighted_follows_weights_and_covers_all(void **state)
 {
-    struct conf_target t[2] = {{&ups[0], NULL, 3}, {&ups[1], NULL, 1}};
+    struct conf_target t[2] = {
+        {.upstream = &ups[0], .weight = 3},
+        {.upstream = &ups[1], .weight = 1},
+    };
     struct conf_model m = model(STRATEGY_WEIGHTED, t, 2);
     unsigned order[ROUTE_MAX_TARGETS], first0 = 0;
     uint32_t rng = 12345;
