@@ -273,6 +273,10 @@ static int conf_defaults(struct conf *c)
     c->jobs.max_result_bytes = 16u << 20;
     c->state.backend = STATE_MEMORY;
     c->state.timeout_ms = 500;
+    c->tracing.sample_ratio = 1.0;
+    c->tracing.batch_size = 512;
+    c->tracing.batch_delay_ms = 1000;
+    c->tracing.queue_size = 8192;
     c->log.level = LOG_INFO;
     c->log.format = LOG_FORMAT_JSON;
     c->log.access = true;
@@ -315,6 +319,15 @@ static void conf_free(struct conf *c)
     for (size_t i = 0; i < c->nprices; i++)
         free(c->prices[i].model);
     free(c->prices);
+    free(c->tracing.endpoint);
+    free(c->tracing.service_name);
+    for (size_t i = 0; i < c->tracing.nheaders; i++) {
+        free(c->tracing.headers[i].name);
+        if (c->tracing.headers[i].value)
+            explicit_bzero(c->tracing.headers[i].value, strlen(c->tracing.headers[i].value));
+        free(c->tracing.headers[i].value);
+    }
+    free(c->tracing.headers);
     for (size_t i = 0; c->models && i < c->nmodels; i++) {
         struct conf_model *m = &c->models[i];
         free(m->name);

@@ -131,6 +131,17 @@ struct conf {
         uint64_t timeout_ms;              /* default 500ms: a Redis answer later fails */
     } state;
     struct {
+        char *endpoint;             /* OTLP/HTTP base URL; NULL = tracing off */
+        struct conf_header *headers;    /* sent with every export (credentials allowed) */
+        size_t nheaders;
+        double sample_ratio;        /* default 1.0: share of new (root) traces recorded */
+        char *service_name;         /* default NULL: "llmux" */
+        bool capture_content;       /* default false: no prompt or answer text in spans */
+        unsigned batch_size;        /* default 512 spans per export */
+        uint64_t batch_delay_ms;    /* default 1s: a partial batch waits at most this */
+        unsigned queue_size;        /* default 8192 spans; past it spans are dropped */
+    } tracing;
+    struct {
         enum log_level level;       /* default info */
         enum log_format format;     /* default json */
         bool access;                /* default true */

@@ -449,12 +449,13 @@ static bool header_name_ok(const char *s)
     return true;
 }
 
-/* Headers llmux owns: framing, routing, and the credentials that belong in api_key. */
-static bool header_reserved(const char *s)
+/* Headers llmux owns: framing, routing, and (for upstreams) the credentials that belong in
+ * api_key; a collector's headers may carry credentials (they have no other place). */
+static bool header_reserved(const char *s, bool credentials_ok)
 {
     static const char *const names[] = {"host", "content-length", "transfer-encoding",
                                         "authorization", "x-api-key"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    for (size_t i = 0; i < (credentials_ok ? 3 : sizeof(names) / sizeof(names[0])); i++)
         if (!strcasecmp(s, names[i]))
             return true;
     return false;
@@ -481,7 +482,7 @@ int conf_field_headers(struct conf_ctx *x, const struct ynode *v, const char *pa
         if (strlen(k->val) != k->len || !header_name_ok(k->val))
             return conf_fail(x, k, hpath, "expected a header name (letters, digits, -), "
                              "got \"%s\"", q);
-        if (header_reserved(k->val))
+        if (header_reserved(k->val, f && f->max == CONF_HEADERS_CREDENTIALS))
             return conf_fail(x, k, hpath, "\"%s\" cannot be configured: llmux sets it "
                              "(put credentials in api_key)", q);
         for (size_t j = 0; j < i; j++)

@@ -96,6 +96,12 @@ struct list_spec {
  * so a failure midway frees what was set. An empty list is as if absent (NULL, 0). */
 int conf_list_parse(struct conf_ctx *x, const struct ynode *v, const char *path,
                     const struct list_spec *spec, void **arr, size_t *n);
+/* conf_schema.c: a nested mapping walked with f->sub (for sections defined in other files). */
+int conf_field_section(struct conf_ctx *x, const struct ynode *v, const char *path,
+                       const struct field *f, void *base);
+/* conf_tracing.c: the `tracing:` section. */
+int conf_field_tracing(struct conf_ctx *x, const struct ynode *v, const char *path,
+                       const struct field *f, void *base);
 /* conf_price.c: `prices:` — rows, overlap check, and each target's price resolved. */
 int conf_field_prices(struct conf_ctx *x, const struct ynode *v, const char *path,
                       const struct field *f, void *base);
@@ -138,6 +144,7 @@ int conf_field_listen(struct conf_ctx *x, const struct ynode *v, const char *pat
                       const struct field *f, void *base);
 int conf_field_base_url(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base);
+#define CONF_HEADERS_CREDENTIALS 1     /* conf_field_headers' f->max: Authorization allowed */
 int conf_field_headers(struct conf_ctx *x, const struct ynode *v, const char *path,
                        const struct field *f, void *base);
 int conf_field_sha256(struct conf_ctx *x, const struct ynode *v, const char *path,

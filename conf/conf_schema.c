@@ -191,6 +191,12 @@ static int field_section(struct conf_ctx *x, const struct ynode *v, const char *
     return walk_map(x, v, path, f->sub, f->nsub, base);
 }
 
+int conf_field_section(struct conf_ctx *x, const struct ynode *v, const char *path,
+                       const struct field *f, void *base)
+{
+    return field_section(x, v, path, f, base);
+}
+
 static int field_target_upstream(struct conf_ctx *x, const struct ynode *v, const char *path,
                                  const struct field *f, void *base)
 {
@@ -540,6 +546,7 @@ static const struct field top_fields[] = {
     {"jobs", field_section, 0, 0, 0, false, FIELDS(jobs_fields)},
     {"state", field_section, 0, 0, 0, false, FIELDS(state_fields)},
     {"log", field_section, 0, 0, 0, false, FIELDS(logging_fields)},
+    {"tracing", conf_field_tracing, 0, 0, 0, false, NULL, 0},
     {"shutdown_grace", conf_field_duration, C(shutdown_grace_ms), 0, 0, false, NULL, 0},
 };
 

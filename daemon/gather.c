@@ -11,6 +11,7 @@
 #include "common/json_scan.h"
 #include "daemon/cost.h"
 #include "daemon/router.h"
+#include "daemon/trace.h"
 #include "daemon/worker.h"
 
 #define GATHER_TRIM_ITEMS 256
@@ -306,6 +307,7 @@ static void start_item(struct gather *g, size_t i)
         return;
     }
     it->req = r;
+    trace_begin(r, NULL, p->trace);     /* each item its own span, under the gather's */
     r->gather_index = (unsigned)i;
     r->ep = it->ep;
     r->key = p->key;

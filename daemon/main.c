@@ -19,6 +19,7 @@
 #include "daemon/settings.h"
 #include "daemon/jobs.h"
 #include "daemon/jobs_store.h"
+#include "daemon/trace_export.h"
 #include "daemon/worker.h"
 
 struct daemon_state {
@@ -235,6 +236,7 @@ static int run(struct daemon_state *d, struct conf *c)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     log_start_async();      /* after the mask: the writer thread never takes a signal */
+    trace_export_start(c);  /* likewise */
     d->loop = ev_default_loop(EVFLAG_AUTO);
     unsigned n = worker_count(c);
     open_jobs(d, c, n);
@@ -285,6 +287,7 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     d.boot = c;
     int rc = run(&d, c);
+    trace_export_stop();    /* after the workers: what their last requests left is sent */
     server_free(&d.srv);
     conf_unref(c);
     curl_global_cleanup();

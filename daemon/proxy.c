@@ -7,10 +7,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_scan.h"
 #include "common/log.h"
 #include "common/sse.h"
 #include "daemon/cost.h"
 #include "daemon/metrics_labels.h"
+#include "daemon/trace.h"
 #include "daemon/worker.h"
 #include "upstream/engine.h"
 #include "upstream/route.h"
@@ -35,6 +37,8 @@ struct proxy {
     int64_t retry_after_ms;
     double call_started;            /* ev_time the current attempt began */
     size_t sent_bytes;              /* of the current attempt's body: its prompt estimate */
+    struct trace_attempt span;      /* the current attempt's span, when traced */
+    struct buf sent;                /* its body, kept only for tracing.capture_content */
     long events;                    /* stream events relayed: its completion estimate */
     bool paused, stream_failed;
     bool probe;                     /* this attempt is the half-open breaker's single probe */
@@ -50,9 +54,63 @@ struct proxy {
 static void attempt(struct proxy *p);
 static void on_head(void *ud, long status, int64_t retry_after_ms);
 static enum call_verdict on_data(void *ud, const char *data, size_t n);
+/* error.type of a failed attempt: the HTTP status, or what went wrong below HTTP. */
+static const char *result_error_type(enum call_result result, const char *status)
+{
+    switch (result) {
+    case CALL_OK: return status;
+    case CALL_CONNECT: return "connect_error";
+    case CALL_RESET: return "connection_reset";
+    case CALL_TIMEOUT: return "timeout";
+    case CALL_TOO_LARGE: return "response_too_large";
+    default: return "error";
+    }
+}
+
 static void on_done(void *ud, enum call_result result, long status, const char *detail);
 
 static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
+
+static long max_tokens_of(const json_t *body)
+{
+    static const char *const names[] = {"max_completion_tokens", "max_tokens",
+                                        "max_output_tokens"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const json_t *v = json_object_get(body, names[i]);
+        if (json_is_integer(v))
+            return (long)json_integer_value(v);
+    }
+    return -1;
+}
+
+/* Ends the current attempt's span (when traced) with what is known of the attempt. */
+static void span_end(struct proxy *p, long status, const char *error, const char *event)
+{
+    if (!p->span.active)
+        return;
+    struct request *r = p->r;
+    const struct usage *u = &p->codec.usage;
+    bool anthropic = p->target->upstream->provider == PROVIDER_ANTHROPIC;
+    char model[128] = "";
+    size_t s, e;
+    if (anthropic && p->codec.anthropic.model)
+        snprintf(model, sizeof model, "%s", p->codec.anthropic.model);
+    else if (!r->stream && json_scan_member(p->resp.data, p->resp.len, "model", &s, &e) == 0 &&
+             e - s >= 2 && e - s < sizeof model)
+        snprintf(model, sizeof model, "%.*s", (int)(e - s - 2), p->resp.data + s + 1);
+    struct trace_attempt_info in = {
+        .system = anthropic ? "anthropic" : "openai",
+        .upstream = p->target->upstream->name,
+        .request_model = p->target->model ? p->target->model : r->model,
+        .response_model = model[0] ? model : NULL,
+        .status = status, .error = error, .event = event,
+        .input_tokens = u->seen ? u->prompt : -1, .output_tokens = u->seen ? u->completion : -1,
+        .max_tokens = max_tokens_of(p->body), .attempt = r->attempts,
+        .prompt = p->sent.len ? p->sent.data : NULL, .prompt_len = p->sent.len,
+        .answer = !r->stream && p->sent.len ? p->resp.data : NULL, .answer_len = p->resp.len,
+    };
+    trace_attempt_end(r, &p->span, &in);
+}
 
 static void proxy_free(struct proxy *p)
 {
@@ -66,6 +124,7 @@ static void proxy_free(struct proxy *p)
     sse_free(&p->sse);
     buf_free(&p->resp);
     buf_free(&p->frames);
+    buf_free(&p->sent);
     json_decref(p->body);
     json_decref(p->fail_body);
     free(p);
@@ -236,6 +295,11 @@ void proxy_cancel(struct proxy *p, enum abort_reason why)
     if (p->call && p->status >= 200 && p->status < 300)
         charge(p);
     if (p->call) {
+        static const char *const events[ABORT_COUNT] = {
+            [ABORT_DEADLINE] = "deadline_exceeded", [ABORT_CLIENT_DISCONNECT] = "client_disconnect",
+            [ABORT_SHUTDOWN] = "shutdown", [ABORT_CANCELLED] = "cancelled",
+        };
+        span_end(p, p->status, NULL, events[why]);
         call_cancel(p->call);
         p->call = NULL;
         /* the upstream was working until now: the access log's upstream_ms says so */
@@ -293,6 +357,14 @@ static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstr
     h = curl_slist_append(h, "Expect:");     /* no 100-continue round trip upstream */
     snprintf(line, sizeof line, "X-Request-Id: %s", p->r->id);
     h = curl_slist_append(h, line);
+    if (trace_attempt_begin(p->r, &p->span, line, sizeof line)) {
+        h = curl_slist_append(h, line);
+        struct buf ts = BUF_INIT;
+        if (p->r->trace->tracestate && buf_printf(&ts, "tracestate: %s",
+                                                  p->r->trace->tracestate) == 0)
+            h = curl_slist_append(h, ts.data);
+        buf_free(&ts);
+    }
     const struct buf *fwd = &p->r->fwd_headers;
     for (size_t off = 0; off < fwd->len; off += strlen(fwd->data + off) + 1)
         h = curl_slist_append(h, fwd->data + off);
@@ -337,6 +409,9 @@ static int launch(struct proxy *p)
     struct buf url = BUF_INIT;
     buf_printf(&url, "%s%s", up->base_url, path);
     spec.url = url.data;
+    buf_reset(&p->sent);
+    if (r->trace && r->trace->sampled && r->conf->tracing.capture_content)
+        buf_append(&p->sent, body.data, body.len);
     spec.body_len = p->sent_bytes = body.len;
     spec.body = buf_steal(&body);
     spec.headers = build_headers(p, up);
@@ -347,8 +422,10 @@ static int launch(struct proxy *p)
     spec.tls_verify = up->tls_verify;
     p->call = call_start(r->w->engine, &spec, &proxy_call_ops, p);
     buf_free(&url);
-    if (!p->call)
+    if (!p->call) {
+        span_end(p, 0, "start_failed", NULL);
         return -1;
+    }
     sse_free(&p->sse);
     sse_init(&p->sse, SSE_MAX_EVENT);
     return 0;
@@ -535,6 +612,7 @@ static bool deliver_body(struct proxy *p)
         return false;
     }
     charge(p);
+    span_end(p, p->status, NULL, NULL);
     struct buf *body = out.len ? &out : &p->resp;
     request_respond(r, (int)p->status, body->data, body->len);
     buf_free(&out);
@@ -619,6 +697,12 @@ static void on_done(void *ud, enum call_result result, long status, const char *
     metrics_labels_attempt_time(r->conf, w->id, p->pair, ms / 1000.0);
     r->upstream_ms += ms;
     bool ok = result == CALL_OK && status >= 200 && status < 300;
+    char err[16];
+    snprintf(err, sizeof err, "%ld", status);
+    if (!ok || r->streaming || r->stream)   /* a whole answer's span ends once it is decoded */
+        span_end(p, status, !ok ? result_error_type(result, err)
+                            : r->streaming && !p->codec.stream_done ? "stream_truncated" : NULL,
+                 NULL);
     route_health_result(p->health, ok || (result == CALL_OK && status < 500 && status != 429),
                         ev_now(w->loop), r->conf->health.failures,
                         (double)r->conf->health.cooldown_ms / 1000.0);
@@ -629,6 +713,7 @@ static void on_done(void *ud, enum call_result result, long status, const char *
     if (ok && !r->stream && deliver_body(p))
         return;
     if (ok) {       /* garbage, or a 2xx "stream" without a single event */
+        span_end(p, status, "invalid_response", NULL);
         result = CALL_ERROR;
         detail = r->stream ? "no stream events in the answer" : "the answer is not valid JSON";
     }

@@ -12,6 +12,7 @@
 #include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
+#include "daemon/trace.h"
 #include "daemon/worker.h"
 
 static void on_deadline(struct ev_loop *loop, ev_timer *t, int revents);
@@ -130,6 +131,7 @@ void request_end(struct request *r, enum outcome o)
     if (r->jobs_pending)
         jobs_pending_detach(r);
     account(r);
+    trace_end(r);
     r->sink->ended(r);
 }
 

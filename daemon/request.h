@@ -84,6 +84,7 @@ struct request {
     const struct conf_model *qmodel;
     bool queued;
     bool key_slot;                      /* holds one of its key's concurrency slots */
+    struct trace *trace;                /* its trace context and span; NULL: tracing off */
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */
     struct jobs_pending *jobs_pending;  /* a job submission waiting for its record */

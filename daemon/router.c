@@ -13,6 +13,8 @@
 #include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy.h"
+#include "daemon/trace.h"
+#include "daemon/trace_export.h"
 #include "daemon/worker.h"
 
 struct route {
@@ -302,6 +304,7 @@ static void handle_metrics(struct request *r)
     metrics_labels_render(&out, r->conf);
     if (s->jobs)
         jobs_store_metrics(s->jobs, &out);
+    trace_export_render(&out);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);
     buf_free(&out);
@@ -378,6 +381,8 @@ void router_dispatch(struct request *r, const struct http_head *head, const char
     }
     r->allow = NULL;
     r->route = rt->id;
+    if (rt->needs_key)
+        trace_begin(r, head, NULL);
     if (rt->needs_key && authenticate(r, head) < 0)
         return;
     if (rt->needs_key && set_controls(r, head) < 0)
