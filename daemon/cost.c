@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "daemon/request.h"
+
 double cost_of(const struct conf_price *p, const struct usage *u)
 {
     if (!p || !p->per)
@@ -33,4 +35,29 @@ void cost_format(char *out, size_t n, double usd)
         return;
     while (k > 1 && out[k - 1] == '0' && out[k - 2] != '.')
         out[--k] = '\0';
+}
+
+void cost_charge(struct request *r, const struct usage *got, const struct conf_price *price,
+                 size_t sent_bytes, long events)
+{
+    struct usage u = *got;
+    if (!u.seen) {
+        cost_estimate(&u, sent_bytes, events);
+        r->usage_estimated = true;
+    }
+    usage_add(&r->usage, &u);
+    if (price) {
+        r->priced = true;
+        r->cost_usd += cost_of(price, &u);
+    }
+}
+
+void cost_stream_comment(struct request *r)
+{
+    char cost[32], line[48];
+    if (!r->priced)
+        return;
+    cost_format(cost, sizeof cost, r->cost_usd);
+    int n = snprintf(line, sizeof line, ": cost_usd=%s\n\n", cost);
+    request_stream_data(r, line, (size_t)n);
 }

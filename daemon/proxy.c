@@ -7,7 +7,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "common/json_scan.h"
 #include "common/log.h"
 #include "common/sse.h"
 #include "daemon/cost.h"
@@ -54,62 +53,21 @@ struct proxy {
 static void attempt(struct proxy *p);
 static void on_head(void *ud, long status, int64_t retry_after_ms);
 static enum call_verdict on_data(void *ud, const char *data, size_t n);
-/* error.type of a failed attempt: the HTTP status, or what went wrong below HTTP. */
-static const char *result_error_type(enum call_result result, const char *status)
-{
-    switch (result) {
-    case CALL_OK: return status;
-    case CALL_CONNECT: return "connect_error";
-    case CALL_RESET: return "connection_reset";
-    case CALL_TIMEOUT: return "timeout";
-    case CALL_TOO_LARGE: return "response_too_large";
-    default: return "error";
-    }
-}
-
 static void on_done(void *ud, enum call_result result, long status, const char *detail);
 
 static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
-
-static long max_tokens_of(const json_t *body)
-{
-    static const char *const names[] = {"max_completion_tokens", "max_tokens",
-                                        "max_output_tokens"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const json_t *v = json_object_get(body, names[i]);
-        if (json_is_integer(v))
-            return (long)json_integer_value(v);
-    }
-    return -1;
-}
 
 /* Ends the current attempt's span (when traced) with what is known of the attempt. */
 static void span_end(struct proxy *p, long status, const char *error, const char *event)
 {
     if (!p->span.active)
         return;
-    struct request *r = p->r;
-    const struct usage *u = &p->codec.usage;
-    bool anthropic = p->target->upstream->provider == PROVIDER_ANTHROPIC;
-    char model[128] = "";
-    size_t s, e;
-    if (anthropic && p->codec.anthropic.model)
-        snprintf(model, sizeof model, "%s", p->codec.anthropic.model);
-    else if (!r->stream && json_scan_member(p->resp.data, p->resp.len, "model", &s, &e) == 0 &&
-             e - s >= 2 && e - s < sizeof model)
-        snprintf(model, sizeof model, "%.*s", (int)(e - s - 2), p->resp.data + s + 1);
-    struct trace_attempt_info in = {
-        .system = anthropic ? "anthropic" : "openai",
-        .upstream = p->target->upstream->name,
-        .request_model = p->target->model ? p->target->model : r->model,
-        .response_model = model[0] ? model : NULL,
-        .status = status, .error = error, .event = event,
-        .input_tokens = u->seen ? u->prompt : -1, .output_tokens = u->seen ? u->completion : -1,
-        .max_tokens = max_tokens_of(p->body), .attempt = r->attempts,
-        .prompt = p->sent.len ? p->sent.data : NULL, .prompt_len = p->sent.len,
-        .answer = !r->stream && p->sent.len ? p->resp.data : NULL, .answer_len = p->resp.len,
-    };
-    trace_attempt_end(r, &p->span, &in);
+    struct trace_attempt_info in;
+    trace_attempt_info_fill(&in, p->r, p->target, &p->codec, p->body, &p->resp, &p->sent);
+    in.status = status;
+    in.error = error;
+    in.event = event;
+    trace_attempt_end(p->r, &p->span, &in);
 }
 
 static void proxy_free(struct proxy *p)
@@ -272,21 +230,10 @@ void proxy_worker_init(struct worker *w)
     w->admit.data = w;
 }
 
-/* The attempt that answered is charged to the request: its usage, or (none given: an upstream
- * that reports none, a stream cut short) an estimate from what was sent and relayed. */
+/* The attempt that answered is charged to the request (cost_charge). */
 static void charge(struct proxy *p)
 {
-    struct request *r = p->r;
-    struct usage u = p->codec.usage;
-    if (!u.seen) {
-        cost_estimate(&u, p->sent_bytes, p->events);
-        r->usage_estimated = true;
-    }
-    usage_add(&r->usage, &u);
-    if (p->target->price) {
-        r->priced = true;
-        r->cost_usd += cost_of(p->target->price, &u);
-    }
+    cost_charge(p->r, &p->codec.usage, p->target->price, p->sent_bytes, p->events);
 }
 
 void proxy_cancel(struct proxy *p, enum abort_reason why)
@@ -295,11 +242,7 @@ void proxy_cancel(struct proxy *p, enum abort_reason why)
     if (p->call && p->status >= 200 && p->status < 300)
         charge(p);
     if (p->call) {
-        static const char *const events[ABORT_COUNT] = {
-            [ABORT_DEADLINE] = "deadline_exceeded", [ABORT_CLIENT_DISCONNECT] = "client_disconnect",
-            [ABORT_SHUTDOWN] = "shutdown", [ABORT_CANCELLED] = "cancelled",
-        };
-        span_end(p, p->status, NULL, events[why]);
+        span_end(p, p->status, NULL, trace_abort_event(why));
         call_cancel(p->call);
         p->call = NULL;
         /* the upstream was working until now: the access log's upstream_ms says so */
@@ -620,24 +563,12 @@ static bool deliver_body(struct proxy *p)
     return true;
 }
 
-/* Streams carry their cost in a last SSE comment (a header went out before it was known);
- * clients skip comments. */
-static void stream_cost_comment(struct request *r)
-{
-    char cost[32], line[48];
-    if (!r->priced)
-        return;
-    cost_format(cost, sizeof cost, r->cost_usd);
-    int n = snprintf(line, sizeof line, ": cost_usd=%s\n\n", cost);
-    request_stream_data(r, line, (size_t)n);
-}
-
 static void finish_stream(struct proxy *p, enum call_result result, long status,
                           const char *detail)
 {
     struct request *r = p->r;
     charge(p);
-    stream_cost_comment(r);
+    cost_stream_comment(r);
     if (result == CALL_OK && p->codec.stream_done) {
         request_stream_end(r, true);
         request_end(r, OUTCOME_COMPLETED);
@@ -700,7 +631,7 @@ static void on_done(void *ud, enum call_result result, long status, const char *
     char err[16];
     snprintf(err, sizeof err, "%ld", status);
     if (!ok || r->streaming || r->stream)   /* a whole answer's span ends once it is decoded */
-        span_end(p, status, !ok ? result_error_type(result, err)
+        span_end(p, status, !ok ? trace_error_type(result, err)
                             : r->streaming && !p->codec.stream_done ? "stream_truncated" : NULL,
                  NULL);
     route_health_result(p->health, ok || (result == CALL_OK && status < 500 && status != 429),

@@ -9,7 +9,7 @@
 
 #include <ev.h>
 
-#include "daemon/cost.h"
+#include "common/json_scan.h"
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
 #include "daemon/trace_export.h"
@@ -362,4 +362,67 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
     span_close(&b, in->event, end, in->error);
     trace_export_push(&b);
     buf_free(&b);
+}
+
+static long max_tokens_of(const json_t *body)
+{
+    static const char *const names[] = {"max_completion_tokens", "max_tokens",
+                                        "max_output_tokens"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const json_t *v = json_object_get(body, names[i]);
+        if (json_is_integer(v))
+            return (long)json_integer_value(v);
+    }
+    return -1;
+}
+
+void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
+                             const struct conf_target *t, const struct codec *c,
+                             const json_t *body, const struct buf *resp,
+                             const struct buf *sent)
+{
+    bool anthropic = t->upstream->provider == PROVIDER_ANTHROPIC;
+    size_t s, e;
+    memset(in, 0, sizeof *in);
+    /* the answer's model: Anthropic's from its message; an OpenAI body's "model" string */
+    char *model = in->response_model_buf;
+    size_t cap = sizeof in->response_model_buf;
+    if (anthropic && c->anthropic.model)
+        snprintf(model, cap, "%s", c->anthropic.model);
+    else if (!r->stream && json_scan_member(resp->data, resp->len, "model", &s, &e) == 0 &&
+             e - s >= 2 && e - s < cap && resp->data[s] == '"')
+        snprintf(model, cap, "%.*s", (int)(e - s - 2), resp->data + s + 1);
+    in->system = anthropic ? "anthropic" : "openai";
+    in->upstream = t->upstream->name;
+    in->request_model = t->model ? t->model : r->model;
+    in->response_model = in->response_model_buf[0] ? in->response_model_buf : NULL;
+    in->input_tokens = c->usage.seen ? c->usage.prompt : -1;
+    in->output_tokens = c->usage.seen ? c->usage.completion : -1;
+    in->max_tokens = max_tokens_of(body);
+    in->attempt = r->attempts;
+    in->prompt = sent->len ? sent->data : NULL;
+    in->prompt_len = sent->len;
+    in->answer = !r->stream && sent->len ? resp->data : NULL;
+    in->answer_len = resp->len;
+}
+
+const char *trace_error_type(enum call_result result, const char *status)
+{
+    switch (result) {
+    case CALL_OK: return status;
+    case CALL_CONNECT: return "connect_error";
+    case CALL_RESET: return "connection_reset";
+    case CALL_TIMEOUT: return "timeout";
+    case CALL_TOO_LARGE: return "response_too_large";
+    default: return "error";
+    }
+}
+
+const char *trace_abort_event(enum abort_reason why)
+{
+    static const char *const events[ABORT_COUNT] = {
+        [ABORT_DEADLINE] = "deadline_exceeded", [ABORT_CLIENT_DISCONNECT] = "client_disconnect",
+        [ABORT_SHUTDOWN] = "shutdown", [ABORT_CANCELLED] = "cancelled",
+    };
+    return events[why];
 }

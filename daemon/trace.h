@@ -10,8 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "common/buf.h"
 #include "conf/conf.h"
+#include "daemon/metrics.h"
+#include "upstream/engine.h"
+#include "upstream/provider.h"
 
 struct request;
 struct http_head;
@@ -71,9 +76,21 @@ struct trace_attempt_info {
     size_t prompt_len;
     const char *answer;
     size_t answer_len;
+    char response_model_buf[128];  /* response_model's storage */
 };
 void trace_attempt_end(struct request *r, struct trace_attempt *a,
                        const struct trace_attempt_info *info);
+/* What the proxy knows of an attempt on target t: provider, models, usage so far, the asked
+ * max_tokens; the body sent (sent, kept only for capture_content) and a whole answer (resp).
+ * status, error and event are left for the caller. */
+void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
+                             const struct conf_target *t, const struct codec *c,
+                             const json_t *body, const struct buf *resp,
+                             const struct buf *sent);
+/* The span event of an attempt cut short for why. */
+const char *trace_abort_event(enum abort_reason why);
+/* error.type of a failed attempt: the HTTP status text given, or what failed below HTTP. */
+const char *trace_error_type(enum call_result result, const char *status);
 
 /* Random span/trace ids from a per-thread generator seeded by getrandom. */
 void trace_random_id(uint8_t *out, size_t n);
