@@ -163,6 +163,37 @@ void trace_begin(struct request *r, const struct http_head *head, const struct t
     r->trace = t;
 }
 
+/* Spans are written with appends, not printf: this runs twice per traced request. */
+static void put_u64(struct buf *b, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    buf_append(b, tmp + i, sizeof tmp - i);
+}
+
+static void put_i64(struct buf *b, long v)
+{
+    if (v < 0) {
+        buf_append(b, "-", 1);
+        put_u64(b, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(b, (uint64_t)v);
+    }
+}
+
+static void put_key(struct buf *b, const char *key, const char *type)
+{
+    buf_puts(b, "{\"key\":\"");
+    buf_puts(b, key);
+    buf_puts(b, "\",\"value\":{\"");
+    buf_puts(b, type);
+    buf_puts(b, "\":");
+}
+
 static void put_comma(struct buf *b)
 {
     char last = b->len ? b->data[b->len - 1] : '[';
@@ -182,7 +213,7 @@ static void attr_str(struct buf *b, const char *key, const char *val)
     if (!val)
         return;
     put_comma(b);
-    buf_printf(b, "{\"key\":\"%s\",\"value\":{\"stringValue\":", key);
+    put_key(b, key, "stringValue");
     put_str(b, val, strlen(val));
     buf_puts(b, "}}");
 }
@@ -190,7 +221,7 @@ static void attr_str(struct buf *b, const char *key, const char *val)
 static void attr_text(struct buf *b, const char *key, const char *val, size_t n)
 {
     put_comma(b);
-    buf_printf(b, "{\"key\":\"%s\",\"value\":{\"stringValue\":", key);
+    put_key(b, key, "stringValue");
     put_str(b, val, n < TRACE_CONTENT_MAX ? n : TRACE_CONTENT_MAX);
     buf_puts(b, "}}");
 }
@@ -198,7 +229,10 @@ static void attr_text(struct buf *b, const char *key, const char *val, size_t n)
 static void attr_int(struct buf *b, const char *key, long v)
 {
     put_comma(b);
-    buf_printf(b, "{\"key\":\"%s\",\"value\":{\"intValue\":\"%ld\"}}", key, v);
+    put_key(b, key, "intValue");
+    buf_puts(b, "\"");
+    put_i64(b, v);
+    buf_puts(b, "\"}}");
 }
 
 static void attr_double(struct buf *b, const char *key, double v)
@@ -215,10 +249,17 @@ static void span_open(struct buf *b, const struct trace *t, const uint8_t *span_
     char tid[33], sid[17], pid[17];
     trace_hex(tid, t->trace_id, 16);
     trace_hex(sid, span_id, 8);
-    buf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\",", tid, sid);
+    buf_reserve(b, 2048);
+    buf_puts(b, "{\"traceId\":\"");
+    buf_append(b, tid, 32);
+    buf_puts(b, "\",\"spanId\":\"");
+    buf_append(b, sid, 16);
+    buf_puts(b, "\",");
     if (memcmp(parent, "\0\0\0\0\0\0\0\0", 8)) {
         trace_hex(pid, parent, 8);
-        buf_printf(b, "\"parentSpanId\":\"%s\",", pid);
+        buf_puts(b, "\"parentSpanId\":\"");
+        buf_append(b, pid, 16);
+        buf_puts(b, "\",");
     }
     if (t->tracestate) {
         buf_puts(b, "\"traceState\":");
@@ -227,16 +268,26 @@ static void span_open(struct buf *b, const struct trace *t, const uint8_t *span_
     }
     buf_puts(b, "\"name\":");
     put_str(b, name, strlen(name));
-    buf_printf(b, ",\"kind\":%d,\"startTimeUnixNano\":\"%.0f\",\"endTimeUnixNano\":\"%.0f\","
-               "\"attributes\":[", (int)kind, start * 1e9, end * 1e9);
+    buf_puts(b, ",\"kind\":");
+    put_u64(b, (uint64_t)kind);
+    buf_puts(b, ",\"startTimeUnixNano\":\"");
+    put_u64(b, (uint64_t)(start * 1e9));
+    buf_puts(b, "\",\"endTimeUnixNano\":\"");
+    put_u64(b, (uint64_t)(end * 1e9));
+    buf_puts(b, "\",\"attributes\":[");
 }
 
 /* Ends the attributes; an event (when named) at end; status error when error is set. */
 static void span_close(struct buf *b, const char *event, double at, const char *error)
 {
     buf_puts(b, "],\"events\":[");
-    if (event)
-        buf_printf(b, "{\"timeUnixNano\":\"%.0f\",\"name\":\"%s\"}", at * 1e9, event);
+    if (event) {
+        buf_puts(b, "{\"timeUnixNano\":\"");
+        put_u64(b, (uint64_t)(at * 1e9));
+        buf_puts(b, "\",\"name\":\"");
+        buf_puts(b, event);
+        buf_puts(b, "\"}");
+    }
     buf_puts(b, "],\"status\":{");
     if (error) {
         buf_puts(b, "\"code\":2,\"message\":");
@@ -291,11 +342,11 @@ void trace_end(struct request *r)
         span_open(&b, t, t->span_id, t->parent_id, name, t->child ? SPAN_INTERNAL : SPAN_SERVER,
                   t->start, end);
         server_attributes(&b, r);
-        char err[24];
-        snprintf(err, sizeof err, "%d", r->status);
+        char err[24] = "";
+        if (r->status >= 500)
+            snprintf(err, sizeof err, "%d", r->status);
         span_close(&b, outcome_event(r->outcome), end, r->status >= 500 ? err : NULL);
         trace_export_push(&b);
-        buf_free(&b);
     }
     free(t->tracestate);
     free(t);
@@ -361,7 +412,6 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
         attr_text(&b, "gen_ai.completion", in->answer, in->answer_len);
     span_close(&b, in->event, end, in->error);
     trace_export_push(&b);
-    buf_free(&b);
 }
 
 static long max_tokens_of(const json_t *body)

@@ -44,10 +44,12 @@ bool trace_export_running(void)
     return __atomic_load_n(&ex.running, __ATOMIC_ACQUIRE);
 }
 
-void trace_export_push(const struct buf *span)
+void trace_export_push(struct buf *span)
 {
-    struct buf copy = BUF_INIT;
-    if (!span->len || buf_append(&copy, span->data, span->len) < 0) {
+    struct buf copy = *span;
+    *span = (struct buf)BUF_INIT;
+    if (!copy.len) {
+        buf_free(&copy);
         __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -193,6 +195,10 @@ static int export_post(CURL *easy, const struct buf *body)
 static void export_batch(CURL *easy, struct buf *spans, size_t k)
 {
     struct buf body = BUF_INIT;
+    size_t total = strlen(ex.envelope) + 16;
+    for (size_t i = 0; i < k; i++)
+        total += spans[i].len + 1;
+    buf_reserve(&body, total);
     buf_puts(&body, ex.envelope);
     for (size_t i = 0; i < k; i++) {
         if (i)

@@ -17,8 +17,8 @@ int trace_export_start(const struct conf *c);
 /* Sends what is queued (one try each), stops the thread. */
 void trace_export_stop(void);
 bool trace_export_running(void);
-/* Queues a copy of one span object (JSON text). */
-void trace_export_push(const struct buf *span);
+/* Queues one span object (JSON text), taking its buffer (span is left empty). */
+void trace_export_push(struct buf *span);
 /* The exporter's counters, Prometheus text (nothing when it never ran). */
 void trace_export_render(struct buf *out);
 
