@@ -5,6 +5,11 @@
 
 #include "common/log.h"
 
+static bool same_string(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 static bool same_listen(const struct conf *a, const struct conf *b)
 {
     if (a->nlisten != b->nlisten)
@@ -47,6 +52,12 @@ unsigned settings_reload_report(const struct conf *boot, const struct conf *next
     if (inherited && !same_listen(boot, next)) {
         log_warn("reload: listen: not applied: the listening sockets come from systemd "
                  "(change llmux.socket instead)");
+        n++;
+    }
+    if (!same_string(boot->tracing.endpoint, next->tracing.endpoint)) {
+        /* the exporter thread and its queue are made at start, for the endpoint then */
+        log_warn("reload: tracing.endpoint (and its headers, service_name, batch and queue "
+                 "sizes) take effect at restart");
         n++;
     }
     return n + report_connections(boot, next);
