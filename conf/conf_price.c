@@ -91,23 +91,30 @@ const struct conf_price *conf_find_price(const struct conf *c, const char *model
     return best;
 }
 
+int conf_field_decimal(struct conf_ctx *x, const struct ynode *v, const char *path,
+                       double max, const char *want, double *out)
+{
+    char *s, *end, q[128];
+    if (conf_text(x, v, path, want, &s) < 0)
+        return -1;
+    double d = strtod(s, &end);
+    /* strtod also takes hex, inf and nan: none is a plain decimal */
+    bool bad = !*s || *end || !isfinite(d) || d < 0 || d > max || strpbrk(s, "xX");
+    if (bad)
+        conf_fail(x, v, path, "expected %s, got \"%s\"", want, conf_quote(s, q, sizeof(q)));
+    else
+        *out = d;
+    free(s);
+    return bad ? -1 : 0;
+}
+
 /* A price: a plain decimal number of USD, 0 or more. */
 static int field_amount(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base)
 {
-    char *s, *end, q[128];
-    if (conf_text(x, v, path, "a price in USD", &s) < 0)
-        return -1;
-    double d = strtod(s, &end);
-    bool bad = !*s || *end || !isfinite(d) || d < 0 || d > PRICE_MAX || strchr(s, 'x') ||
-               strchr(s, 'X');
-    if (bad)
-        conf_fail(x, v, path, "expected a price in USD from 0 to %g (like 2.50), got \"%s\"",
-                  PRICE_MAX, conf_quote(s, q, sizeof(q)));
-    else
-        *(double *)FIELD_AT(base, f->off) = d;
-    free(s);
-    return bad ? -1 : 0;
+    return conf_field_decimal(x, v, path, PRICE_MAX,
+                              "a price in USD from 0 to 1e+06 (like 2.50)",
+                              (double *)FIELD_AT(base, f->off));
 }
 
 static int field_per(struct conf_ctx *x, const struct ynode *v, const char *path,

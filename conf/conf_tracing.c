@@ -1,6 +1,5 @@
 /* conf_tracing: the `tracing:` section — where spans go (OTLP/HTTP endpoint and its headers),
  * which traces are recorded, whether prompt text may be, and the exporter's batching. */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,18 +10,8 @@
 static int field_ratio(struct conf_ctx *x, const struct ynode *v, const char *path,
                        const struct field *f, void *base)
 {
-    char *s, *end, q[128];
-    if (conf_text(x, v, path, "a ratio from 0 to 1", &s) < 0)
-        return -1;
-    double d = strtod(s, &end);
-    bool bad = !*s || *end || !isfinite(d) || d < 0 || d > 1 || strpbrk(s, "xX");
-    if (bad)
-        conf_fail(x, v, path, "expected a ratio from 0 to 1 (like 0.25), got \"%s\"",
-                  conf_quote(s, q, sizeof(q)));
-    else
-        *(double *)FIELD_AT(base, f->off) = d;
-    free(s);
-    return bad ? -1 : 0;
+    return conf_field_decimal(x, v, path, 1.0, "a ratio from 0 to 1 (like 0.25)",
+                              (double *)FIELD_AT(base, f->off));
 }
 
 /* The upstream header parser, into tracing.headers, with credentials allowed. */

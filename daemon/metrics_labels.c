@@ -537,8 +537,8 @@ static void render_usage(struct buf *out, const struct conf *c, const struct lab
         "tokens_total", "cost_usd_total", "usage_estimated_total",
     };
     static const char *const help[KM_FAMILY_COUNT] = {
-        "Tokens charged, by key (\"\" without keys), model and kind (prompt includes "
-        "cache_read and cache_write).",
+        ("Tokens charged, by key (\"\" without keys), model and kind (prompt includes "
+         "cache_read and cache_write)."),
         "USD charged by the price table, by key and model.",
         "Requests charged by estimate (the upstream gave no usage), by key and model.",
     };
