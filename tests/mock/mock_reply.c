@@ -181,20 +181,25 @@ static int body_usage(struct buf *out, const struct mock_reply *r)
 {
     if (r->no_usage)
         return 0;
-    if (r->api == MOCK_API_MESSAGES)
-        return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
-                          "\"cache_read_input_tokens\":%ld,\"cache_creation_input_tokens\":%ld},",
-                          r->prompt_tokens, r->completion_tokens, r->cache_read,
-                          r->cache_write);
+    if (r->api == MOCK_API_MESSAGES) {
+        buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld",
+                   r->prompt_tokens, r->completion_tokens);
+        if (r->cache_read || r->cache_write)
+            buf_printf(out, ",\"cache_read_input_tokens\":%ld,"
+                       "\"cache_creation_input_tokens\":%ld", r->cache_read, r->cache_write);
+        return buf_puts(out, "},");
+    }
     if (r->api == MOCK_API_RESPONSES)
         return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
                           "\"total_tokens\":%ld},", r->prompt_tokens, r->completion_tokens,
                           r->prompt_tokens + r->completion_tokens);
     long cached = r->cache_read < r->prompt_tokens ? r->cache_read : r->prompt_tokens;
-    return buf_printf(out, "\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
-                      "\"total_tokens\":%ld,\"prompt_tokens_details\":{\"cached_tokens\":%ld}},",
-                      r->prompt_tokens, r->completion_tokens,
-                      r->prompt_tokens + r->completion_tokens, cached);
+    buf_printf(out, "\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
+               "\"total_tokens\":%ld", r->prompt_tokens, r->completion_tokens,
+               r->prompt_tokens + r->completion_tokens);
+    if (cached)     /* cache_read=N only: the answers stay as short as they were */
+        buf_printf(out, ",\"prompt_tokens_details\":{\"cached_tokens\":%ld}", cached);
+    return buf_puts(out, "},");
 }
 
 /* Ends an object whose members were each written with a trailing comma. */
