@@ -30,6 +30,7 @@ struct request *request_new(struct worker *w, struct conf *conf, const struct si
     r->t0 = ev_time();
     r->retry_after_s = -1;
     r->label_pair = -1;
+    r->hedge_ms = -1;
     ev_timer_init(&r->deadline, on_deadline, 0., 0.);
     r->deadline.data = r;
     METRIC_INC(w->m.inflight_requests);
@@ -77,20 +78,23 @@ static enum abort_reason abort_reason_of(enum outcome o)
 
 static void access_log(const struct request *r, double elapsed_ms)
 {
-    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24];
+    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24], winner[12];
     snprintf(status, sizeof status, "%d", r->status);
     snprintf(bytes, sizeof bytes, "%lu", (unsigned long)r->bytes_out);
     snprintf(ms, sizeof ms, "%.3f", elapsed_ms);
     snprintf(ums, sizeof ums, "%.3f", r->upstream_ms);
     snprintf(attempts, sizeof attempts, "%u", r->attempts);
     snprintf(tokens, sizeof tokens, "%ld", r->prompt_tokens + r->completion_tokens);
+    snprintf(winner, sizeof winner, "%u", r->hedge_winner);
     log_fields(LOG_INFO, "access", "request_id", r->id, "client", r->client[0] ? r->client : "-",
                "user_agent", r->user_agent ? r->user_agent : "-",
                "key", r->key ? r->key->name : "-",
                "method", r->method, "path", r->path, "model", r->model ? r->model : "-",
                "upstream", r->upstream ? r->upstream : "-", "#status", status, "#bytes", bytes,
                "#latency_ms", ms, "#upstream_ms", ums, "#attempts", attempts,
-               "#tokens", tokens, "outcome", outcome_name(r->outcome), (char *)NULL);
+               "#tokens", tokens, "outcome", outcome_name(r->outcome),
+               "#hedged", r->hedged ? "true" : "false", "#hedge_winner", r->hedged ? winner : "0",
+               "phase_timeout", r->phase_timeout ? r->phase_timeout : "-", (char *)NULL);
 }
 
 static void account(struct request *r)

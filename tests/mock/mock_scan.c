@@ -20,6 +20,7 @@ void mock_dirs_init(struct mock_dirs *d)
     d->raw_len = 0;
     d->delay_ms = d->status = d->retry_after = d->interval_ms = -1;
     d->reset_after = d->bytes = d->fail_first = -1;
+    d->slow_ms = d->slow_first = d->slow_pct = -1;
     d->stream_n = 3;
     d->reset = d->garbage = d->stall = d->tool = false;
 }
@@ -58,6 +59,9 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         {"reset_after", offsetof(struct mock_dirs, reset_after), MOCK_STREAM_MAX},
         {"bytes", offsetof(struct mock_dirs, bytes), MOCK_BYTES_MAX},
         {"fail_first", offsetof(struct mock_dirs, fail_first), 1000000000},
+        {"slow", offsetof(struct mock_dirs, slow_ms), 3600000},
+        {"slow_first", offsetof(struct mock_dirs, slow_first), 1000000000},
+        {"slow_pct", offsetof(struct mock_dirs, slow_pct), 100},
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         if (strlen(nums[i].key) == klen && memcmp(nums[i].key, k, klen) == 0) {
