@@ -98,7 +98,7 @@ static void series(struct buf *out, const char *name, const struct target_health
 {
     buf_printf(out, "llmux_%s{upstream=\"", name);
     label(out, h->upstream);
-    buf_append(out, "\",model=\"", 9);
+    buf_append(out, "\",upstream_model=\"", 18);
     label(out, h->model);
     buf_printf(out, "\"} %llu\n", value);
 }

@@ -26,7 +26,7 @@ int64_t breaker_retry_after_s(const struct conf_model *m, int64_t now_ms);
  * receives {"upstream","model","retry_after_s"} for each open target, once per target. */
 bool breaker_ready(const struct conf *c, json_t *open_targets);
 
-/* /metrics: llmux_target_state{upstream,model} and llmux_target_opens_total{upstream,model}. */
+/* /metrics: llmux_target_state and llmux_target_opens_total, {upstream,upstream_model}. */
 void breaker_metrics(struct buf *out, const struct conf *c);
 
 #endif

@@ -61,7 +61,8 @@ class BreakerCase(Case):
             raise
 
     def state(self, upstream, upstream_model):
-        key = 'llmux_target_state{upstream="%s",model="%s"}' % (upstream, upstream_model)
+        key = ('llmux_target_state{upstream="%s",upstream_model="%s"}'
+               % (upstream, upstream_model))
         return self.d.metrics().get(key)
 
     def gather(self, items):
@@ -102,7 +103,7 @@ class TargetBreakerTest(BreakerCase):
         self.assertEqual(self.state("mock", "broken"), 1)
         self.assertEqual(self.state("mock", "fine"), 0)
         self.assertEqual(self.d.metrics()['llmux_target_opens_total{upstream="mock",'
-                                          'model="broken"}'], 1)
+                                          'upstream_model="broken"}'], 1)
         lines = self.d.wait_log('"upstream_model":"broken"')   # written by the log thread
         opened = [l for l in lines if '"breaker opened"' in l]
         self.assertEqual(len(opened), 1, lines)
