@@ -13,6 +13,10 @@ enum conf_provider { PROVIDER_OPENAI, PROVIDER_ANTHROPIC };
 enum conf_strategy { STRATEGY_WEIGHTED, STRATEGY_FALLBACK, STRATEGY_LEAST_INFLIGHT };
 enum conf_state_backend { STATE_MEMORY, STATE_REDIS };
 
+struct target_health;               /* runtime breaker state (upstream/health.h), not config */
+
+#define CONF_HEDGE_MAX 3            /* hedges per request at most (4 attempts at once) */
+
 struct conf_header {
     char *name;
     char *value;
@@ -27,6 +31,9 @@ struct conf_upstream {
     size_t nheaders;
     unsigned max_connections;       /* default 512 */
     uint64_t timeout_ms;            /* default 120s */
+    uint64_t connect_ms;            /* timeouts.connect; 0 = the global timeouts.connect */
+    uint64_t first_byte_ms;         /* timeouts.first_byte: request sent → headers; 0 = none */
+    uint64_t idle_ms;               /* timeouts.idle: longest gap between body bytes; 0 = none */
     uint64_t max_response_bytes;    /* default 64m: cap on a buffered upstream answer */
     char *ca_file;                  /* PEM bundle to verify https upstreams; NULL = system's */
     bool tls_verify;                /* default true; false only for a lab upstream */
@@ -45,6 +52,8 @@ struct conf_target {
     const struct conf_upstream *upstream;   /* points into conf->upstreams */
     char *model;                            /* NULL: the client's model name is relayed as is */
     unsigned weight;                        /* default 1 */
+    struct target_health *health;           /* bound by the daemon before the snapshot is
+                                             * published; shared by equal (upstream, model) */
     const struct conf_price *price;         /* the most specific price row for the upstream
                                              * model name; NULL: no price (cost unknown) */
 };
@@ -55,6 +64,9 @@ struct conf_model {
     unsigned retries;               /* per target; default 2 */
     uint64_t backoff_base_ms;       /* default 100ms */
     uint64_t backoff_max_ms;        /* default 2s */
+    uint64_t hedge_after_ms;        /* hedge.after; 0 = no hedging */
+    uint64_t hedge_min_after_ms;    /* hedge.min_after: floor for X-Llmux-Hedge-Ms (default after) */
+    unsigned hedge_max;             /* hedge.max: extra attempts, 1 … CONF_HEDGE_MAX (default 1) */
     struct conf_target *targets;    /* at least one */
     size_t ntargets;
     unsigned default_max_tokens;    /* default 4096: max_tokens sent to providers that require

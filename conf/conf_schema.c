@@ -295,6 +295,12 @@ static int check_unique(struct conf_ctx *x, const struct ynode *v, const char *p
 #define T(member) offsetof(struct conf_target, member)
 #define K(member) offsetof(struct conf_key, member)
 
+static const struct field upstream_timeout_fields[] = {
+    {"connect", conf_field_duration, U(connect_ms), 1, 0, false, NULL, 0},
+    {"first_byte", conf_field_duration, U(first_byte_ms), 0, 0, false, NULL, 0},
+    {"idle", conf_field_duration, U(idle_ms), 0, 0, false, NULL, 0},
+};
+
 static const struct field upstream_fields[] = {
     {"name", conf_field_string, U(name), 0, 0, true, NULL, 0},
     {"provider", conf_field_provider, U(provider), 0, 0, false, NULL, 0},
@@ -304,6 +310,7 @@ static const struct field upstream_fields[] = {
     {"headers", conf_field_headers, 0, 0, 0, false, NULL, 0},
     {"max_connections", conf_field_count, U(max_connections), 1, UINT_MAX, false, NULL, 0},
     {"timeout", conf_field_duration, U(timeout_ms), 1, 0, false, NULL, 0},
+    {"timeouts", field_section, 0, 0, 0, false, FIELDS(upstream_timeout_fields)},
     {"max_response_bytes", conf_field_size, U(max_response_bytes), 1, 0, false, NULL, 0},
     {"ca_file", conf_field_string, U(ca_file), 0, 0, false, NULL, 0},
     {"tls_verify", conf_field_bool, U(tls_verify), 0, 0, false, NULL, 0},
@@ -315,6 +322,7 @@ static void upstream_init(void *item)
     u->provider = PROVIDER_OPENAI;
     u->max_connections = 512;
     u->timeout_ms = 120000;
+    u->idle_ms = 60000;
     u->max_response_bytes = 64u << 20;
     u->tls_verify = true;
 }
@@ -366,12 +374,19 @@ static const struct field backoff_fields[] = {
     {"max", conf_field_duration, M(backoff_max_ms), 0, 0, false, NULL, 0},
 };
 
+static const struct field hedge_fields[] = {
+    {"after", conf_field_duration, M(hedge_after_ms), 1, 0, true, NULL, 0},
+    {"max", conf_field_count, M(hedge_max), 1, CONF_HEDGE_MAX, false, NULL, 0},
+    {"min_after", conf_field_duration, M(hedge_min_after_ms), 0, 0, false, NULL, 0},
+};
+
 static const struct field model_fields[] = {
     {"name", conf_field_string, M(name), 0, 0, true, NULL, 0},
     {"strategy", conf_field_strategy, M(strategy), 0, 0, false, NULL, 0},
     {"retries", conf_field_count, M(retries), 0, 10, false, NULL, 0},
     {"default_max_tokens", conf_field_count, M(default_max_tokens), 1, 1000000, false, NULL, 0},
     {"backoff", field_section, 0, 0, 0, false, FIELDS(backoff_fields)},
+    {"hedge", field_section, 0, 0, 0, false, FIELDS(hedge_fields)},
     {"targets", field_targets, 0, 0, 0, true, NULL, 0},
 };
 
@@ -383,6 +398,27 @@ static void model_init(void *item)
     m->backoff_base_ms = 100;
     m->backoff_max_ms = 2000;
     m->default_max_tokens = 4096;
+    m->hedge_max = 1;
+    m->hedge_min_after_ms = UINT64_MAX;     /* absent: the model's own `after` */
+}
+
+/* hedge.min_after defaults to after and may not exceed it (it only lowers the floor). */
+static int check_hedge(struct conf_ctx *x, const struct ynode *item, const char *path, size_t i,
+                       struct conf_model *m)
+{
+    char mpath[CONF_PATH_MAX], hpath[CONF_PATH_MAX];
+    if (m->hedge_min_after_ms == UINT64_MAX) {
+        m->hedge_min_after_ms = m->hedge_after_ms;
+        return 0;
+    }
+    if (m->hedge_min_after_ms <= m->hedge_after_ms)
+        return 0;
+    const struct ynode *at = ynode_get(item, "hedge");
+    conf_path_index(mpath, path, i);
+    conf_path_key(hpath, mpath, "hedge");
+    return conf_fail(x, at ? at : item, hpath, "min_after (%llums) must not exceed after "
+                     "(%llums)", (unsigned long long)m->hedge_min_after_ms,
+                     (unsigned long long)m->hedge_after_ms);
 }
 
 static int field_models(struct conf_ctx *x, const struct ynode *v, const char *path,
@@ -401,6 +437,8 @@ static int field_models(struct conf_ctx *x, const struct ynode *v, const char *p
     if (list_walk(x, v, path, &spec, c->models) < 0)
         return -1;
     for (size_t i = 0; i < c->nmodels; i++) {
+        if (check_hedge(x, v->kids[i], path, i, &c->models[i]) < 0)
+            return -1;
         const struct conf_model *m = &c->models[i];
         if (m->backoff_base_ms <= m->backoff_max_ms)
             continue;

@@ -97,3 +97,28 @@ void keylimit_free_all(struct worker *w)
     }
     w->keys = NULL;
 }
+
+int keylimit_take_extra(struct request *r)
+{
+    const struct conf_key *key = r->key;
+    if (!key || !r->key_slot || (!key->rpm && !key->max_concurrency))
+        return 0;
+    struct key_state *k = state_of(r->w, key->name);
+    if (!k)
+        return 0;
+    if (key->rpm && k->tokens < 1)
+        return -1;      /* refilled by the next keylimit_acquire; a hedge never waits */
+    if (key->max_concurrency && k->inflight >= (unsigned)share(key->max_concurrency, r->w))
+        return -1;
+    if (key->rpm)
+        k->tokens -= 1;
+    k->inflight++;
+    return 1;
+}
+
+void keylimit_give_extra(struct request *r)
+{
+    struct key_state *k = state_of(r->w, r->key->name);
+    if (k && k->inflight)
+        k->inflight--;
+}

@@ -91,6 +91,24 @@ void metrics_histogram_series(struct buf *out, const char *name, const char *lab
                (unsigned long)h->count);
 }
 
+/* Hedge attempts by what became of them, and calls ended by a phase timeout. */
+static void render_hedges(struct buf *out, struct metrics *const *w, unsigned n)
+{
+    static const char *const hedge_names[HEDGE_OUTCOMES] = {"won", "lost", "failed",
+                                                            "cancelled"};
+    metrics_header(out, "hedges_total", "counter",
+                   "Hedged attempts started, by what became of them.");
+    for (unsigned h = 0; h < HEDGE_OUTCOMES; h++)
+        buf_printf(out, "llmux_hedges_total{outcome=\"%s\"} %lu\n", hedge_names[h],
+                   (unsigned long)SUM_AT(hedges, h));
+    metrics_header(out, "upstream_timeouts_total", "counter",
+                   "Upstream calls ended by a phase timeout.");
+    buf_printf(out, "llmux_upstream_timeouts_total{phase=\"first_byte\"} %lu\n"
+               "llmux_upstream_timeouts_total{phase=\"idle\"} %lu\n",
+               (unsigned long)SUM_AT(phase_timeouts, PHASE_FIRST_BYTE),
+               (unsigned long)SUM_AT(phase_timeouts, PHASE_IDLE));
+}
+
 static void render_requests(struct buf *out, struct metrics *const *w, unsigned n)
 {
     metrics_header(out, "http_requests_total", "counter", "Client requests by route and status.");
@@ -120,6 +138,7 @@ static void render_requests(struct buf *out, struct metrics *const *w, unsigned 
     for (unsigned o = 0; o < OUTCOME_COUNT; o++)
         buf_printf(out, "llmux_gather_items_total{outcome=\"%s\"} %lu\n", outcome_names[o],
                    (unsigned long)SUM_AT(gather_items, o));
+    render_hedges(out, w, n);
 }
 
 static void render_histogram(struct buf *out, struct metrics *const *w, unsigned n,

@@ -27,6 +27,11 @@ enum outcome {
 enum abort_reason { ABORT_DEADLINE, ABORT_CLIENT_DISCONNECT, ABORT_CANCELLED, ABORT_SHUTDOWN,
                     ABORT_COUNT };
 
+/* What became of a hedge attempt (llmux_hedges_total{outcome}). */
+enum hedge_outcome { HEDGE_WON, HEDGE_LOST, HEDGE_FAILED, HEDGE_CANCELLED, HEDGE_OUTCOMES };
+/* Which phase timeout ended an upstream call (llmux_upstream_timeouts_total{phase}). */
+enum phase_timeout { PHASE_FIRST_BYTE, PHASE_IDLE, PHASE_TIMEOUTS };
+
 #define METRICS_STATUS_SLOTS 16     /* see metrics_status_slot() */
 #define METRICS_BUCKETS 14
 
@@ -46,6 +51,8 @@ struct metrics {
     uint64_t conns_open;                /* gauge */
     uint64_t conns_accepted, conns_rejected;
     uint64_t gather_items[OUTCOME_COUNT];
+    uint64_t hedges[HEDGE_OUTCOMES];
+    uint64_t phase_timeouts[PHASE_TIMEOUTS];
     struct histogram request_latency, gather_duration;
     /* attempts, retries, fallbacks, failures, upstream latency and tokens are labelled by
      * config names: metrics_labels.h */

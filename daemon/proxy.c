@@ -1,5 +1,6 @@
 /* proxy: runs one request's upstream attempts — target order, retries with backoff inside the
- * deadline, fallbacks, circuit breaker — and turns answers into the request's sink calls. */
+ * deadline, fallbacks, the per-target breaker — and turns answers into the request's sink calls.
+ * Hedged attempts (hedge.c) run in extra slots; the first 2xx head wins. */
 #include "daemon/proxy.h"
 
 #include <stdio.h>
@@ -8,47 +9,13 @@
 #include <time.h>
 
 #include "common/log.h"
-#include "common/sse.h"
 #include "daemon/cost.h"
+#include "daemon/breaker.h"
 #include "daemon/metrics_labels.h"
-#include "daemon/trace.h"
+#include "daemon/proxy_internal.h"
 #include "daemon/worker.h"
-#include "upstream/engine.h"
-#include "upstream/route.h"
 
 #define SSE_MAX_EVENT (1u << 20)
-
-struct proxy {
-    struct request *r;
-    json_t *body;
-    const struct conf_model *model;
-    unsigned order[ROUTE_MAX_TARGETS];
-    unsigned norder, pos, retry;
-    const struct conf_target *target;
-    struct route_health *health;
-    struct call *call;
-    ev_timer backoff;
-    struct codec codec;
-    struct buf resp;                /* non-streamed answer, or an error body */
-    struct buf frames;              /* translated stream output, reused */
-    struct sse_parser sse;
-    long status;
-    int64_t retry_after_ms;
-    double call_started;            /* ev_time the current attempt began */
-    size_t sent_bytes;              /* of the current attempt's body: its prompt estimate */
-    struct trace_attempt span;      /* the current attempt's span, when traced */
-    struct buf sent;                /* its body, kept only for tracing.capture_content */
-    long events;                    /* stream events relayed: its completion estimate */
-    bool paused, stream_failed;
-    bool probe;                     /* this attempt is the half-open breaker's single probe */
-    int pair;                       /* the target's metric labels (metrics_labels_pair) */
-    /* the last failure, reported when no attempt is left */
-    int fail_status;
-    const char *fail_type, *fail_code;
-    char fail_msg[200];
-    char fail_param[64];            /* the client field a 400 names */
-    json_t *fail_body;              /* an upstream 4xx error, relayed as is */
-};
 
 static void attempt(struct proxy *p);
 static void on_head(void *ud, long status, int64_t retry_after_ms);
@@ -57,19 +24,6 @@ static void on_done(void *ud, enum call_result result, long status, const char *
 
 static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
 
-/* Ends the current attempt's span (when traced) with what is known of the attempt. */
-static void span_end(struct proxy *p, long status, const char *error, const char *event)
-{
-    if (!p->span.active)
-        return;
-    struct trace_attempt_info in;
-    trace_attempt_info_fill(&in, p->r, p->target, &p->codec, p->body, &p->resp, &p->sent);
-    in.status = status;
-    in.error = error;
-    in.event = event;
-    trace_attempt_end(p->r, &p->span, &in);
-}
-
 static void proxy_free(struct proxy *p)
 {
     struct worker *w = p->r->w;
@@ -77,12 +31,16 @@ static void proxy_free(struct proxy *p)
     if (w->queue_head)
         ev_prepare_start(w->loop, &w->admit);
     ev_timer_stop(w->loop, &p->backoff);
-    if (p->codec.ops)
-        codec_free(&p->codec);
-    sse_free(&p->sse);
-    buf_free(&p->resp);
+    hedge_stop(p);
+    for (unsigned i = 0; i < PROXY_SLOTS; i++) {
+        struct attempt *a = &p->slots[i];
+        if (a->codec.ops)
+            codec_free(&a->codec);
+        sse_free(&a->sse);
+        buf_free(&a->resp);
+        buf_free(&a->sent);
+    }
     buf_free(&p->frames);
-    buf_free(&p->sent);
     json_decref(p->body);
     json_decref(p->fail_body);
     free(p);
@@ -138,18 +96,18 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     p->r = r;
     p->body = body;
     p->model = m;
-    p->pair = -1;
     ev_timer_init(&p->backoff, on_backoff, 0., 0.);
     p->backoff.data = p;
-    const struct route_health *health[ROUTE_MAX_TARGETS];
-    for (size_t i = 0; i < m->ntargets && i < ROUTE_MAX_TARGETS; i++)
-        health[i] = worker_health(r->w, m->targets[i].upstream->name);
-    p->norder = route_order(m, health, &r->w->rng, p->order);
+    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+        p->slots[i].p = p;
+    hedge_init(p);
+    p->norder = route_order(m, &r->w->rng, p->order);
     if (only_capable(p) < 0) {
         json_decref(body);
         free(p);
         return -1;
     }
+    p->retry_after_ms = -1;
     p->fail_status = 503;
     p->fail_type = "upstream_error";
     p->fail_code = "no_healthy_upstream";
@@ -230,37 +188,62 @@ void proxy_worker_init(struct worker *w)
     w->admit.data = w;
 }
 
-/* The attempt that answered is charged to the request (cost_charge). */
-static void charge(struct proxy *p)
+/* The attempt that answered is charged to the request (cost_charge): its usage, or an
+ * estimate when it gave none. */
+static void charge(struct attempt *a)
 {
-    cost_charge(p->r, &p->codec.usage, p->target->price, p->sent_bytes, p->events);
+    cost_charge(a->p->r, &a->codec.usage, a->target->price, a->sent_bytes, a->events);
+}
+
+/* Ends a's span (when traced) with what is known of the attempt on target t. */
+static void span_end(struct attempt *a, const struct conf_target *t, long status,
+                     const char *error, const char *event)
+{
+    if (!a->span.active)
+        return;
+    struct trace_attempt_info in;
+    trace_attempt_info_fill(&in, a->p->r, t, &a->codec, a->p->body, &a->resp, &a->sent);
+    in.attempt = a->number;
+    in.status = status;
+    in.error = error;
+    in.event = event;
+    trace_attempt_end(a->p->r, &a->span, &in);
+}
+
+void proxy_attempt_cancel(struct attempt *a, enum abort_reason why)
+{
+    struct worker *w = a->p->r->w;
+    /* an answer already under way is billed by the provider whether or not we read it all */
+    if (a->status >= 200 && a->status < 300)
+        charge(a);
+    span_end(a, a->target, a->status, NULL, trace_abort_event(why));
+    call_cancel(a->call);
+    a->call = NULL;
+    a->p->running--;
+    /* the upstream was working until now: the access log's upstream_ms says so */
+    a->p->r->upstream_ms += (ev_time() - a->started) * 1000.0;
+    METRIC_INC(w->m.aborted[why]);
+    METRIC_DEC(w->m.upstream_inflight);
+    health_inflight_add(a->target->health, -1);
+    if (a->probe)
+        health_release_probe(a->target->health);   /* an abandoned probe must not block */
+    if (a->hedge)
+        hedge_release(a);
 }
 
 void proxy_cancel(struct proxy *p, enum abort_reason why)
 {
-    /* an answer already under way is billed by the provider whether or not we read it all */
-    if (p->call && p->status >= 200 && p->status < 300)
-        charge(p);
-    if (p->call) {
-        span_end(p, p->status, NULL, trace_abort_event(why));
-        call_cancel(p->call);
-        p->call = NULL;
-        /* the upstream was working until now: the access log's upstream_ms says so */
-        p->r->upstream_ms += (ev_time() - p->call_started) * 1000.0;
-        METRIC_INC(p->r->w->m.aborted[why]);
-        METRIC_DEC(p->r->w->m.upstream_inflight);
-        p->health->inflight--;
-        if (p->probe)
-            p->health->probing = false;     /* an abandoned probe must not block the next */
-    }
+    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+        if (p->slots[i].call)
+            proxy_attempt_cancel(&p->slots[i], why);
     proxy_free(p);
 }
 
 void proxy_resume(struct proxy *p)
 {
-    if (p->paused && p->call) {
+    if (p->paused && p->winner && p->winner->call) {
         p->paused = false;
-        call_resume(p->call);   /* may deliver the held bytes right away, through on_data */
+        call_resume(p->winner->call);  /* may deliver the held bytes right away, via on_data */
     }
 }
 
@@ -271,6 +254,8 @@ static void give_up(struct proxy *p)
     r->retry_after_s = p->fail_status == 429 || p->fail_status == 503
                            ? (p->retry_after_ms > 0 ? (p->retry_after_ms + 999) / 1000 : 1)
                            : -1;
+    if (p->all_open_retry_s > 0 && p->fail_status == 503)
+        r->retry_after_s = p->all_open_retry_s;
     if (p->fail_body && r->error_shape != ERROR_SHAPE_OPENAI) {
         /* Relayed in the client's shape: the message kept, the type named after the status. */
         const json_t *m = json_object_get(json_object_get(p->fail_body, "error"), "message");
@@ -291,24 +276,24 @@ static void give_up(struct proxy *p)
                  p->fail_status == 400 ? OUTCOME_REJECTED : OUTCOME_UPSTREAM_ERROR);
 }
 
-static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstream *up)
+static struct curl_slist *build_headers(struct attempt *a, const struct conf_upstream *up)
 {
+    struct request *r = a->p->r;
     char line[160];
     struct curl_slist *h = NULL;
     h = curl_slist_append(h, "Content-Type: application/json");
-    h = curl_slist_append(h, p->r->stream ? "Accept: text/event-stream" : "Accept: application/json");
+    h = curl_slist_append(h, r->stream ? "Accept: text/event-stream" : "Accept: application/json");
     h = curl_slist_append(h, "Expect:");     /* no 100-continue round trip upstream */
-    snprintf(line, sizeof line, "X-Request-Id: %s", p->r->id);
+    snprintf(line, sizeof line, "X-Request-Id: %s", r->id);
     h = curl_slist_append(h, line);
-    if (trace_attempt_begin(p->r, &p->span, line, sizeof line)) {
+    if (trace_attempt_begin(r, &a->span, line, sizeof line)) {
         h = curl_slist_append(h, line);
         struct buf ts = BUF_INIT;
-        if (p->r->trace->tracestate && buf_printf(&ts, "tracestate: %s",
-                                                  p->r->trace->tracestate) == 0)
+        if (r->trace->tracestate && buf_printf(&ts, "tracestate: %s", r->trace->tracestate) == 0)
             h = curl_slist_append(h, ts.data);
         buf_free(&ts);
     }
-    const struct buf *fwd = &p->r->fwd_headers;
+    const struct buf *fwd = &r->fwd_headers;
     for (size_t off = 0; off < fwd->len; off += strlen(fwd->data + off) + 1)
         h = curl_slist_append(h, fwd->data + off);
     for (size_t i = 0; i < up->nheaders; i++) {
@@ -317,106 +302,143 @@ static struct curl_slist *build_headers(struct proxy *p, const struct conf_upstr
         h = curl_slist_append(h, b.data);
         buf_free(&b);
     }
-    return p->codec.ops->auth(&p->codec, up, h);
+    return a->codec.ops->auth(&a->codec, up, h);
 }
 
-/* Prepares the call for the current target; -1 when this target can't take the request. */
-static int launch(struct proxy *p)
+/* A request the target's codec can't express: a client error, reported if nothing else works. */
+static void unsupported(struct proxy *p, const char *path, const char *err, const char *param)
+{
+    p->fail_status = 400;
+    p->fail_type = "invalid_request_error";
+    p->fail_code = path ? "unsupported_request" : "unsupported_endpoint";
+    snprintf(p->fail_param, sizeof p->fail_param, "%s", param);
+    snprintf(p->fail_msg, sizeof p->fail_msg, "%s",
+             path ? err : "this endpoint is not supported by the model's upstream");
+}
+
+static void fill_spec(struct call_spec *spec, const struct request *r,
+                      const struct conf_upstream *up)
+{
+    spec->connect_timeout_ms = up->connect_ms ? up->connect_ms : r->conf->timeouts.connect_ms;
+    spec->timeout_ms = up->timeout_ms;
+    spec->first_byte_timeout_ms = up->first_byte_ms;
+    spec->idle_timeout_ms = up->idle_ms;
+    spec->max_response_bytes = r->stream ? 0 : up->max_response_bytes;
+    spec->ca_file = up->ca_file;
+    spec->tls_verify = up->tls_verify;
+}
+
+int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t, bool probe)
 {
     struct request *r = p->r;
-    const struct conf_upstream *up = p->target->upstream;
-    const char *model = p->target->model ? p->target->model : r->model;
-    if (p->codec.ops)
-        codec_free(&p->codec);
-    codec_init(&p->codec, up->provider, r->ep, model, (long)time(NULL));
-    p->codec.anthropic_version = r->anthropic_version[0] ? r->anthropic_version : NULL;
-    p->codec.strip_usage = r->stream && (r->ep == EP_CHAT || r->ep == EP_COMPLETIONS) &&
+    const struct conf_upstream *up = t->upstream;
+    const char *model = health_target_model(p->model, t);
+    if (a->codec.ops)
+        codec_free(&a->codec);
+    codec_init(&a->codec, up->provider, r->ep, model, (long)time(NULL));
+    a->codec.anthropic_version = r->anthropic_version[0] ? r->anthropic_version : NULL;
+    a->codec.strip_usage = r->stream && (r->ep == EP_CHAT || r->ep == EP_COMPLETIONS) &&
                            !openai_stream_usage_asked(p->body);
-    p->events = 0;
-    const char *path = p->codec.ops->path(r->ep);
+    a->events = 0;
+    const char *path = a->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
     struct buf body = BUF_INIT;
-    if (!path || p->codec.ops->encode(r->ep, p->body, &r->body_raw, model,
+    if (!path || a->codec.ops->encode(r->ep, p->body, &r->body_raw, model,
                                       p->model->default_max_tokens, &body, err, sizeof err,
                                       param, sizeof param) < 0) {
         buf_free(&body);
-        p->fail_status = 400;
-        p->fail_type = "invalid_request_error";
-        p->fail_code = path ? "unsupported_request" : "unsupported_endpoint";
-        snprintf(p->fail_param, sizeof p->fail_param, "%s", param);
-        snprintf(p->fail_msg, sizeof p->fail_msg, "%s",
-                 path ? err : "this endpoint is not supported by the model's upstream");
+        unsupported(p, path, err, param);
         return -1;
     }
     struct call_spec spec = {0};
     struct buf url = BUF_INIT;
     buf_printf(&url, "%s%s", up->base_url, path);
     spec.url = url.data;
-    buf_reset(&p->sent);
+    buf_reset(&a->sent);
     if (r->trace && r->trace->sampled && r->conf->tracing.capture_content)
-        buf_append(&p->sent, body.data, body.len);
-    spec.body_len = p->sent_bytes = body.len;
+        buf_append(&a->sent, body.data, body.len);
+    spec.body_len = a->sent_bytes = body.len;
     spec.body = buf_steal(&body);
-    spec.headers = build_headers(p, up);
-    spec.connect_timeout_ms = r->conf->timeouts.connect_ms;
-    spec.timeout_ms = up->timeout_ms;
-    spec.max_response_bytes = r->stream ? 0 : up->max_response_bytes;
-    spec.ca_file = up->ca_file;
-    spec.tls_verify = up->tls_verify;
-    p->call = call_start(r->w->engine, &spec, &proxy_call_ops, p);
+    spec.headers = build_headers(a, up);
+    fill_spec(&spec, r, up);
+    a->call = call_start(r->w->engine, &spec, &proxy_call_ops, a);
     buf_free(&url);
-    if (!p->call) {
-        span_end(p, 0, "start_failed", NULL);
+    if (!a->call) {
+        span_end(a, t, 0, "start_failed", NULL);
         return -1;
     }
-    sse_free(&p->sse);
-    sse_init(&p->sse, SSE_MAX_EVENT);
+    a->target = t;
+    a->probe = probe;
+    a->hedge = false;
+    a->status = 0;
+    a->retry_after_ms = -1;
+    a->number = ++r->attempts;
+    a->started = ev_time();
+    buf_reset(&a->resp);
+    sse_free(&a->sse);
+    sse_init(&a->sse, SSE_MAX_EVENT);
+    p->running++;
+    r->upstream = up->name;
+    a->pair = r->label_pair = metrics_labels_pair(r->conf, p->model,
+                                                  (size_t)(t - p->model->targets));
+    health_inflight_add(t->health, 1);
+    metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_ATTEMPT);
+    METRIC_INC(r->w->m.upstream_inflight);
     return 0;
 }
 
+static struct attempt *free_slot(struct proxy *p)
+{
+    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+        if (!p->slots[i].call)
+            return &p->slots[i];
+    return NULL;
+}
+
+/* The next target of the walk the breaker admits, launched; else the last failure reported.
+ * When every target was skipped as open, the 503 carries the shortest remaining cooldown. */
 static void attempt(struct proxy *p)
 {
     struct request *r = p->r;
-    double now = ev_now(r->w->loop);
+    int64_t now = breaker_now_ms();
+    bool tried = false;
     for (; p->pos < p->norder; p->pos++, p->retry = 0) {
-        p->target = &p->model->targets[p->order[p->pos]];
-        p->health = worker_health(r->w, p->target->upstream->name);
-        if (p->retry == 0 && !route_health_allows(p->health, now))
+        const struct conf_target *t = &p->model->targets[p->order[p->pos]];
+        bool probe = false;
+        if (!health_admit(t->health, now, &probe))
             continue;
-        buf_reset(&p->resp);
-        p->status = 0;
-        p->retry_after_ms = -1;
-        if (launch(p) < 0)
-            continue;
-        p->probe = p->health->open_until != 0;
-        if (p->probe)
-            p->health->probing = true;
-        if (p->pos > 0 && p->retry == 0 && r->attempts > 0)     /* counted on the one left */
-            metrics_labels_event(r->conf, r->w->id, r->label_pair, PAIR_FALLBACK);
-        r->attempts++;
-        r->upstream = p->target->upstream->name;
-        p->pair = r->label_pair = metrics_labels_pair(r->conf, p->model, p->order[p->pos]);
-        p->call_started = ev_time();
-        p->health->inflight++;
-        metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_ATTEMPT);
-        METRIC_INC(r->w->m.upstream_inflight);
-        return;
+        tried = true;
+        struct attempt *a = free_slot(p);
+        int left = r->label_pair;
+        if (a && proxy_launch(p, a, t, probe) == 0) {
+            if (p->pos > 0 && p->retry == 0 && r->attempts > 1)     /* counted on the one left */
+                metrics_labels_event(r->conf, r->w->id, left, PAIR_FALLBACK);
+            hedge_arm(p);
+            return;
+        }
+        if (probe)
+            health_release_probe(t->health);
     }
+    if (!tried && r->attempts == 0)
+        p->all_open_retry_s = breaker_retry_after_s(p->model, now);
     give_up(p);
 }
 
 static void on_head(void *ud, long status, int64_t retry_after_ms)
 {
-    struct proxy *p = ud;
-    p->status = status;
-    p->retry_after_ms = retry_after_ms;
+    struct attempt *a = ud;
+    a->status = status;
+    a->retry_after_ms = retry_after_ms;
+    if (status >= 200 && status < 300 && !a->p->winner)
+        hedge_won(a->p, a);
 }
 
 static int on_sse_event(void *ud, const char *ev, size_t elen, const char *data, size_t dlen)
 {
-    struct proxy *p = ud;
-    p->events++;
-    if (p->codec.ops->decode_event(&p->codec, ev, elen, data, dlen, &p->frames) < 0) {
+    struct attempt *a = ud;
+    struct proxy *p = a->p;
+    a->events++;
+    if (a->codec.ops->decode_event(&a->codec, ev, elen, data, dlen, &p->frames) < 0) {
         p->stream_failed = true;
         return -1;
     }
@@ -424,14 +446,17 @@ static int on_sse_event(void *ud, const char *ev, size_t elen, const char *data,
 }
 
 /* Relays one upstream read of a stream. Returns false when the request ended inside. */
-static bool relay_stream(struct proxy *p, const char *data, size_t n)
+static bool relay_stream(struct attempt *a, const char *data, size_t n)
 {
+    struct proxy *p = a->p;
     struct request *r = p->r;
     buf_reset(&p->frames);
-    int rc = sse_feed(&p->sse, data, n, on_sse_event, p);
+    int rc = sse_feed(&a->sse, data, n, on_sse_event, a);
     if (p->frames.len && !p->stream_failed) {
-        if (!r->streaming)
+        if (!r->streaming) {
+            hedge_stop(p);      /* a stream byte is out: no hedge may start any more */
             request_stream_start(r, 200);
+        }
         if (request_stream_data(r, p->frames.data, p->frames.len))
             p->paused = true;
     }
@@ -451,23 +476,27 @@ static bool relay_stream(struct proxy *p, const char *data, size_t n)
 
 static enum call_verdict on_data(void *ud, const char *data, size_t n)
 {
-    struct proxy *p = ud;
+    struct attempt *a = ud;
+    struct proxy *p = a->p;
+    if (p->winner && a != p->winner)
+        return CALL_CONTINUE;   /* a loser's bytes go nowhere (it is being cancelled) */
     if (p->paused)
         return CALL_PAUSE;
-    if (p->r->stream && p->status >= 200 && p->status < 300) {
-        relay_stream(p, data, n);   /* the call was cancelled if the request ended */
+    if (p->r->stream && a->status >= 200 && a->status < 300) {
+        relay_stream(a, data, n);   /* the call was cancelled if the request ended */
         return CALL_CONTINUE;
     }
-    buf_append(&p->resp, data, n);
+    buf_append(&a->resp, data, n);
     return CALL_CONTINUE;
 }
 
-static void record_failure(struct proxy *p, enum call_result result, long status,
-                           const char *detail)
+static void record_failure(struct proxy *p, struct attempt *a, enum call_result result,
+                           long status, const char *detail)
 {
-    const char *up = p->target->upstream->name;
+    const char *up = a->target->upstream->name;
     p->fail_type = "upstream_error";
     p->fail_param[0] = '\0';
+    p->retry_after_ms = a->retry_after_ms;
     json_decref(p->fail_body);
     p->fail_body = NULL;
     switch (result) {
@@ -486,7 +515,7 @@ static void record_failure(struct proxy *p, enum call_result result, long status
         if (status >= 400 && status < 500) {
             /* The upstream's own answer, relayed with its status (wrapped if not OpenAI's). */
             p->fail_status = (int)status;
-            p->fail_body = p->codec.ops->decode_error(status, p->resp.data, p->resp.len);
+            p->fail_body = a->codec.ops->decode_error(status, a->resp.data, a->resp.len);
             return;
         }
         p->fail_status = 502;
@@ -495,9 +524,15 @@ static void record_failure(struct proxy *p, enum call_result result, long status
                  status >= 500 ? "with an error" : "with an unreadable body", status);
         return;
     case CALL_TIMEOUT:
+    case CALL_FIRST_BYTE_TIMEOUT:
+    case CALL_IDLE_TIMEOUT:
         p->fail_status = 504;
         p->fail_type = "timeout_error";
-        p->fail_code = "upstream_timeout";
+        p->fail_code = result == CALL_FIRST_BYTE_TIMEOUT ? "upstream_first_byte_timeout"
+                     : result == CALL_IDLE_TIMEOUT ? "upstream_idle_timeout"
+                     : "upstream_timeout";
+        if (result != CALL_TIMEOUT)
+            p->r->phase_timeout = p->fail_code;
         break;
     case CALL_CONNECT:
         p->fail_status = 502;
@@ -520,13 +555,13 @@ static void record_failure(struct proxy *p, enum call_result result, long status
 
 /* One warn line per failed attempt — which target, what failed, what happens next — at most
  * one a second per target (across workers), saying how many were held back meanwhile. */
-static void log_attempt_failure(struct proxy *p, enum call_result result, long status,
+static void log_attempt_failure(struct attempt *a, enum call_result result, long status,
                                 const char *detail, const char *next, uint64_t wait_ms)
 {
-    struct request *r = p->r;
+    struct request *r = a->p->r;
     uint64_t suppressed;
     if (!log_enabled(LOG_WARN) ||
-        !metrics_labels_log_allowed(r->conf, p->pair, (uint64_t)(ev_time() * 1000), &suppressed))
+        !metrics_labels_log_allowed(r->conf, a->pair, (uint64_t)(ev_time() * 1000), &suppressed))
         return;
     char what[240], st[16], wait[24], held[24], att[12];
     if (result == CALL_OK && status >= 300)
@@ -536,47 +571,47 @@ static void log_attempt_failure(struct proxy *p, enum call_result result, long s
     snprintf(st, sizeof st, "%ld", status);
     snprintf(wait, sizeof wait, "%lu", (unsigned long)wait_ms);
     snprintf(held, sizeof held, "%lu", (unsigned long)suppressed);
-    snprintf(att, sizeof att, "%u", r->attempts);
-    const char *umodel = p->target->model ? p->target->model : r->model;
+    snprintf(att, sizeof att, "%u", a->number);
     log_fields(LOG_WARN, "upstream attempt failed", "request_id", r->id,
-               "upstream", p->target->upstream->name, "model", p->model->name,
-               "upstream_model", umodel ? umodel : "-", "#attempt", att, "error", what,
-               "#status", st, "next", next, "#retry_in_ms", wait, "#suppressed", held,
-               (char *)NULL);
+               "upstream", a->target->upstream->name, "model", a->p->model->name,
+               "upstream_model", health_target_model(a->p->model, a->target), "#attempt", att,
+               "error", what, "#status", st, "next", next, "#retry_in_ms", wait,
+               "#suppressed", held, (char *)NULL);
 }
 
-/* A complete, successful, non-streamed answer. false: the body was garbage. */
-static bool deliver_body(struct proxy *p)
+/* A complete, successful, non-streamed answer, already decoded into out (empty: as it came). */
+static void deliver_body(struct attempt *a, struct buf *out)
 {
-    struct request *r = p->r;
-    struct buf out = BUF_INIT;
-    if (p->codec.ops->decode_body(&p->codec, r->ep, p->resp.data, p->resp.len, &out) < 0) {
-        buf_free(&out);
-        return false;
-    }
-    charge(p);
-    span_end(p, p->status, NULL, NULL);
-    struct buf *body = out.len ? &out : &p->resp;
-    request_respond(r, (int)p->status, body->data, body->len);
-    buf_free(&out);
+    struct request *r = a->p->r;
+    charge(a);
+    struct buf *body = out->len ? out : &a->resp;
+    request_respond(r, (int)a->status, body->data, body->len);
     request_end(r, OUTCOME_COMPLETED);
-    return true;
 }
 
-static void finish_stream(struct proxy *p, enum call_result result, long status,
+/* The stream ended: complete, cut by the upstream, or cut by the idle timeout (an error event
+ * naming it, then the body ends short, as for any mid-stream failure). */
+static void finish_stream(struct attempt *a, enum call_result result, long status,
                           const char *detail)
 {
-    struct request *r = p->r;
-    charge(p);
+    struct request *r = a->p->r;
+    charge(a);
     cost_stream_comment(r);
-    if (result == CALL_OK && p->codec.stream_done) {
+    if (result == CALL_OK && a->codec.stream_done) {
         request_stream_end(r, true);
         request_end(r, OUTCOME_COMPLETED);
         return;
     }
-    metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_FAILURE);
-    log_attempt_failure(p, result, status, result == CALL_OK ? "stream ended early" : detail,
+    metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_FAILURE);
+    log_attempt_failure(a, result, status, result == CALL_OK ? "stream ended early" : detail,
                         "give_up (the stream had started)", 0);
+    if (result == CALL_IDLE_TIMEOUT) {
+        r->phase_timeout = "upstream_idle_timeout";
+        request_fail(r, 504, "timeout_error", "upstream_idle_timeout", NULL,
+                     "upstream sent nothing for longer than its idle timeout mid-stream",
+                     OUTCOME_UPSTREAM_ERROR);
+        return;
+    }
     request_fail(r, 502, "upstream_error", "upstream_stream_truncated", NULL,
                  result == CALL_OK ? "upstream ended the stream early"
                                    : "upstream connection lost mid-stream",
@@ -584,12 +619,13 @@ static void finish_stream(struct proxy *p, enum call_result result, long status,
 }
 
 /* After a failed attempt: the same target again after a backoff, the next target, or done. */
-static void retry_or_give_up(struct proxy *p, enum call_result result, long status,
+static void retry_or_give_up(struct attempt *a, enum call_result result, long status,
                              const char *detail)
 {
+    struct proxy *p = a->p;
     struct request *r = p->r;
     if (r->no_retry || !route_retryable(result, status)) {
-        log_attempt_failure(p, result, status, detail, r->no_retry ? "give_up (no-retry asked)"
+        log_attempt_failure(a, result, status, detail, r->no_retry ? "give_up (no-retry asked)"
                                                    : "give_up (not retryable)", 0);
         give_up(p);
         return;
@@ -598,57 +634,90 @@ static void retry_or_give_up(struct proxy *p, enum call_result result, long stat
         uint64_t wait = route_backoff_ms(p->model, p->retry, p->retry_after_ms, &r->w->rng);
         double at = ev_now(r->w->loop) + (double)wait / 1000.0;
         if (r->deadline_at && at >= r->deadline_at) {
-            log_attempt_failure(p, result, status, detail, "give_up (no time for a retry)", 0);
+            log_attempt_failure(a, result, status, detail, "give_up (no time for a retry)", 0);
             give_up(p);     /* a retry must fit inside the deadline, never extend it */
             return;
         }
-        log_attempt_failure(p, result, status, detail, "retry", wait);
+        log_attempt_failure(a, result, status, detail, "retry", wait);
         p->retry++;
-        metrics_labels_event(r->conf, r->w->id, p->pair, PAIR_RETRY);
+        metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_RETRY);
         ev_timer_set(&p->backoff, (double)wait / 1000.0, 0.);
         ev_timer_start(r->w->loop, &p->backoff);
         return;
     }
-    log_attempt_failure(p, result, status, detail, p->pos + 1 < p->norder
+    log_attempt_failure(a, result, status, detail, p->pos + 1 < p->norder
                         ? "fallback (next target)" : "give_up (no target left)", 0);
     p->pos++;
     p->retry = 0;
     attempt(p);
 }
 
+/* The attempt's call is over: give back what it held and tell the breaker how it went. */
+static void attempt_ended(struct attempt *a, enum call_result result, long status)
+{
+    struct proxy *p = a->p;
+    struct worker *w = p->r->w;
+    double ms = (ev_time() - a->started) * 1000.0;
+    a->call = NULL;
+    p->running--;
+    health_inflight_add(a->target->health, -1);
+    METRIC_DEC(w->m.upstream_inflight);
+    metrics_labels_attempt_time(p->r->conf, w->id, a->pair, ms / 1000.0);
+    p->r->upstream_ms += ms;
+    breaker_report(p->r->conf, a->target, health_verdict(result, status), a->probe, p->r->id);
+    if (result == CALL_FIRST_BYTE_TIMEOUT || result == CALL_IDLE_TIMEOUT)
+        METRIC_INC(w->m.phase_timeouts[result == CALL_IDLE_TIMEOUT ? PHASE_IDLE
+                                                                   : PHASE_FIRST_BYTE]);
+    if (a->hedge && a->hedge_outcome != HEDGE_WON)
+        a->hedge_outcome = HEDGE_FAILED;    /* it ended by itself, without winning */
+    if (a->hedge)
+        hedge_release(a);
+}
+
 static void on_done(void *ud, enum call_result result, long status, const char *detail)
 {
-    struct proxy *p = ud;
+    struct attempt *a = ud;
+    struct proxy *p = a->p;
     struct request *r = p->r;
-    struct worker *w = r->w;
-    double ms = (ev_time() - p->call_started) * 1000.0;
-    p->call = NULL;
-    p->health->inflight--;
-    METRIC_DEC(w->m.upstream_inflight);
-    metrics_labels_attempt_time(r->conf, w->id, p->pair, ms / 1000.0);
-    r->upstream_ms += ms;
+    struct buf out = BUF_INIT;
     bool ok = result == CALL_OK && status >= 200 && status < 300;
-    char err[16];
-    snprintf(err, sizeof err, "%ld", status);
-    if (!ok || r->streaming || r->stream)   /* a whole answer's span ends once it is decoded */
-        span_end(p, status, !ok ? trace_error_type(result, err)
-                            : r->streaming && !p->codec.stream_done ? "stream_truncated" : NULL,
-                 NULL);
-    route_health_result(p->health, ok || (result == CALL_OK && status < 500 && status != 429),
-                        ev_now(w->loop), r->conf->health.failures,
-                        (double)r->conf->health.cooldown_ms / 1000.0);
-    if (r->streaming) {
-        finish_stream(p, result, status, detail);
-        return;
-    }
-    if (ok && !r->stream && deliver_body(p))
-        return;
-    if (ok) {       /* garbage, or a 2xx "stream" without a single event */
-        span_end(p, status, "invalid_response", NULL);
+    /* A 2xx that is garbage, or a "stream" without a single event, is a broken target: decided
+     * before the breaker hears of it. */
+    const char *broken = NULL;
+    if (ok && !r->stream && a->codec.ops->decode_body(&a->codec, r->ep, a->resp.data,
+                                                      a->resp.len, &out) < 0)
+        broken = "the answer is not valid JSON";
+    else if (ok && r->stream && !r->streaming)
+        broken = "no stream events in the answer";
+    if (broken) {
+        ok = false;
         result = CALL_ERROR;
-        detail = r->stream ? "no stream events in the answer" : "the answer is not valid JSON";
+        detail = broken;
     }
-    metrics_labels_event(r->conf, w->id, p->pair, PAIR_FAILURE);
-    record_failure(p, result, status, detail);
-    retry_or_give_up(p, result, status, detail);
+    char code[16];
+    snprintf(code, sizeof code, "%ld", status);
+    span_end(a, a->target, status, broken ? "invalid_response" : !ok
+             ? trace_error_type(result, code)
+             : a == p->winner && r->streaming && !a->codec.stream_done ? "stream_truncated" : NULL,
+             NULL);
+    attempt_ended(a, result, status);
+    if (ok && !r->stream) {
+        deliver_body(a, &out);
+        buf_free(&out);
+        return;
+    }
+    buf_free(&out);
+    if (a == p->winner && r->streaming) {
+        finish_stream(a, result, status, detail);
+        return;
+    }
+    if (a == p->winner)
+        p->winner = NULL;       /* its answer was unusable: the walk goes on */
+    metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_FAILURE);
+    record_failure(p, a, result, status, detail);
+    if (p->running) {   /* a failing attempt never cancels the others: one may still answer */
+        log_attempt_failure(a, result, status, detail, "wait (another attempt is running)", 0);
+        return;
+    }
+    retry_or_give_up(a, result, status, detail);
 }

@@ -32,6 +32,7 @@ struct request *request_new(struct worker *w, struct conf *conf, const struct si
     r->t0 = ev_time();
     r->retry_after_s = -1;
     r->label_pair = -1;
+    r->hedge_ms = -1;
     ev_timer_init(&r->deadline, on_deadline, 0., 0.);
     r->deadline.data = r;
     METRIC_INC(w->m.inflight_requests);
@@ -79,13 +80,15 @@ static enum abort_reason abort_reason_of(enum outcome o)
 
 static void access_log(const struct request *r, double elapsed_ms)
 {
-    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24], cost[32];
+    char status[8], bytes[24], ms[24], ums[24], attempts[12], tokens[24], winner[12];
+    char cost[32];
     snprintf(status, sizeof status, "%d", r->status);
     snprintf(bytes, sizeof bytes, "%lu", (unsigned long)r->bytes_out);
     snprintf(ms, sizeof ms, "%.3f", elapsed_ms);
     snprintf(ums, sizeof ums, "%.3f", r->upstream_ms);
     snprintf(attempts, sizeof attempts, "%u", r->attempts);
     snprintf(tokens, sizeof tokens, "%ld", r->usage.prompt + r->usage.completion);
+    snprintf(winner, sizeof winner, "%u", r->hedge_winner);
     cost_format(cost, sizeof cost, r->priced ? r->cost_usd : -1);
     log_fields(LOG_INFO, "access", "request_id", r->id, "client", r->client[0] ? r->client : "-",
                "user_agent", r->user_agent ? r->user_agent : "-",
@@ -95,7 +98,9 @@ static void access_log(const struct request *r, double elapsed_ms)
                "#latency_ms", ms, "#upstream_ms", ums, "#attempts", attempts,
                "#tokens", tokens, r->priced ? "#cost_usd" : "cost_usd", cost,
                "usage", r->usage_estimated ? "estimated" : r->usage.seen ? "reported" : "-",
-               "outcome", outcome_name(r->outcome), (char *)NULL);
+               "outcome", outcome_name(r->outcome),
+               "#hedged", r->hedged ? "true" : "false", "#hedge_winner", r->hedged ? winner : "0",
+               "phase_timeout", r->phase_timeout ? r->phase_timeout : "-", (char *)NULL);
 }
 
 static void account(struct request *r)

@@ -68,6 +68,10 @@ struct request {
     const char *allow;                  /* Allow header of a 405 */
     char location[48];                  /* Location header of a 202 (a job); "" = none */
     unsigned attempts;
+    unsigned hedge_winner;              /* number of the attempt whose head won; 0 none */
+    bool hedged;                        /* a hedge attempt was started */
+    int64_t hedge_ms;                   /* X-Llmux-Hedge-Ms; -1 absent */
+    const char *phase_timeout;          /* error code of the phase timeout that fired, or NULL */
     int64_t retry_after_s;              /* -1 none */
     struct usage usage;                 /* tokens charged: the upstream's usage, or estimated */
     double cost_usd;                    /* what they cost by the price table */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "daemon/breaker.h"
 #include "daemon/gather.h"
 #include "daemon/jobs.h"
 #include "daemon/jobs_store.h"
@@ -164,26 +165,40 @@ static int authenticate(struct request *r, const struct http_head *h)
     return 0;
 }
 
-/* X-Llmux-Timeout-Ms (capped by timeouts.max) else timeouts.default. */
+/* A header of up to 12 decimal digits; -1 when it is anything else. */
+static int64_t header_ms(const struct http_header *t)
+{
+    int64_t v = 0;
+    size_t i = 0;
+    for (; i < t->value.len && i < 12 && t->value.p[i] >= '0' && t->value.p[i] <= '9'; i++)
+        v = v * 10 + (t->value.p[i] - '0');
+    return i == 0 || i != t->value.len ? -1 : v;
+}
+
+/* X-Llmux-Timeout-Ms (capped by timeouts.max) else timeouts.default; X-Llmux-Hedge-Ms;
+ * X-Llmux-No-Retry. */
 static int set_controls(struct request *r, const struct http_head *h)
 {
     uint64_t ms = r->conf->timeouts.default_ms;
     const struct http_header *t = http_find_header(h, "x-llmux-timeout-ms");
     if (t) {
-        uint64_t v = 0;
-        size_t i = 0;
-        for (; i < t->value.len && i < 12 && t->value.p[i] >= '0' && t->value.p[i] <= '9'; i++)
-            v = v * 10 + (uint64_t)(t->value.p[i] - '0');
-        if (i == 0 || i != t->value.len || v == 0) {
+        int64_t v = header_ms(t);
+        if (v <= 0) {
             fail400(r, "X-Llmux-Timeout-Ms", "invalid_header",
                     "X-Llmux-Timeout-Ms must be a positive integer (milliseconds)");
             return -1;
         }
-        ms = v;
+        ms = (uint64_t)v;
     }
     if (r->conf->timeouts.max_ms && ms > r->conf->timeouts.max_ms)
         ms = r->conf->timeouts.max_ms;
     request_set_deadline(r, ms);
+    const struct http_header *hg = http_find_header(h, "x-llmux-hedge-ms");
+    if (hg && (r->hedge_ms = header_ms(hg)) < 0) {
+        fail400(r, "X-Llmux-Hedge-Ms", "invalid_header",
+                "X-Llmux-Hedge-Ms must be a non-negative integer (milliseconds; 0 = no hedge)");
+        return -1;
+    }
     const struct http_header *nr = http_find_header(h, "x-llmux-no-retry");
     r->no_retry = nr && http_slice_eq(nr->value, "1");
     return 0;
@@ -272,21 +287,25 @@ static void handle_models(struct request *r)
     request_reply_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }
 
-static bool ready(struct request *r)
+/* One answer for the whole process: the breaker state is shared, and draining is the server's. */
+static void handle_readyz(struct request *r)
 {
     struct server *s = r->w->srv;
+    json_t *open = json_array();
+    const char *reason = NULL;
     if (!__atomic_load_n(&s->ready, __ATOMIC_RELAXED) || r->w->draining)
-        return false;
-    double now = ev_now(r->w->loop);
-    for (size_t i = 0; i < r->conf->nmodels; i++) {
-        const struct conf_model *m = &r->conf->models[i];
-        bool any = false;
-        for (size_t t = 0; t < m->ntargets && !any; t++)
-            any = route_health_allows(worker_health(r->w, m->targets[t].upstream->name), now);
-        if (!any)
-            return false;
+        reason = r->w->draining || s->drain ? "draining" : "starting";
+    else if (!breaker_ready(r->conf, open))
+        reason = "no healthy upstream for some model";
+    json_t *body = json_pack("{s:s, s:o}", "status", reason ? "not_ready" : "ready",
+                             "open_targets", open);
+    if (reason) {   /* a 503 is still an error in the API's shape, with the details beside it */
+        json_t *e = json_pack("{s:s, s:s, s:n}", "message", reason, "type", "server_error",
+                              "param");
+        json_object_set_new(e, "code", json_string("not_ready"));
+        json_object_set_new(body, "error", e);
     }
-    return true;
+    request_reply_json(r, reason ? 503 : 200, body);
 }
 
 static void handle_metrics(struct request *r)
@@ -304,6 +323,7 @@ static void handle_metrics(struct request *r)
     metrics_labels_render(&out, r->conf);
     if (s->jobs)
         jobs_store_metrics(s->jobs, &out);
+    breaker_metrics(&out, r->conf);
     trace_export_render(&out);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);
@@ -320,12 +340,7 @@ static void handle(struct request *r, const struct route *rt, const char *body, 
         request_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
         return;
     case ROUTE_READYZ:
-        if (ready(r))
-            request_reply_json(r, 200, json_pack("{s:s}", "status", "ready"));
-        else
-            request_fail(r, 503, "server_error", "not_ready", NULL,
-                         r->w->draining ? "draining" : "no healthy upstream for some model",
-                         OUTCOME_COMPLETED);
+        handle_readyz(r);
         return;
     case ROUTE_METRICS: handle_metrics(r); return;
     case ROUTE_GATHER:

@@ -136,23 +136,6 @@ void worker_maybe_finished(struct worker *w)
         ev_break(w->loop, EVBREAK_ALL);
 }
 
-struct route_health *worker_health(struct worker *w, const char *upstream)
-{
-    struct upstream_health *u;
-    for (u = w->health; u; u = u->next)
-        if (strcmp(u->name, upstream) == 0)
-            return &u->h;
-    u = calloc(1, sizeof *u);
-    if (!u || !(u->name = strdup(upstream))) {
-        free(u);
-        static __thread struct route_health spare;  /* out of memory: a shared, healthy slot */
-        return &spare;
-    }
-    u->next = w->health;
-    w->health = u;
-    return &u->h;
-}
-
 static void on_drain_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct worker *w = t->data;
@@ -284,7 +267,7 @@ int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_
                  ev_async *main_wake)
 {
     s->workers = calloc(nworkers, sizeof *s->workers);
-    if (!s->workers)
+    if (!s->workers || health_bind(&s->health, c) < 0)
         return -1;
     s->nworkers = nworkers;
     s->labels = metrics_registry_new(nworkers);
@@ -316,6 +299,14 @@ static void wake_all(struct server *s)
 
 void server_reload(struct server *s, struct conf *c)
 {
+    if (health_bind(&s->health, c) < 0) {
+        log_error("reload: out of memory binding breaker state; the running config stays");
+        conf_unref(c);
+        pthread_mutex_lock(&s->lock);
+        s->reloads_failed++;
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
     metrics_labels_attach(s->labels, c);    /* before any worker can see c */
     pthread_mutex_lock(&s->lock);
     conf_unref(s->current);
@@ -390,16 +381,12 @@ void server_free(struct server *s)
         free(w->accept_io);
         conf_unref(w->conf);
         keylimit_free_all(w);
-        for (struct upstream_health *u = w->health, *next; u; u = next) {
-            next = u->next;
-            free(u->name);
-            free(u);
-        }
     }
     free(s->workers);
     server_close_listeners(s);
     if (s->current)
         conf_unref(s->current);
+    health_table_free(&s->health);
     pthread_mutex_destroy(&s->lock);
     /* The workers have stopped; snapshots still held elsewhere only free their index. */
     metrics_registry_free(s->labels);

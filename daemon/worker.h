@@ -1,5 +1,6 @@
 /* worker: one event-loop thread and everything it owns — its loop, curl engine, connections,
- * config snapshot reference, upstream health and counters. server: the set of workers. */
+ * config snapshot reference and counters. server: the set of workers and the process-wide
+ * breaker table. */
 #ifndef LLMUX_WORKER_H
 #define LLMUX_WORKER_H
 
@@ -10,6 +11,7 @@
 #include "conf/conf.h"
 #include "daemon/metrics.h"
 #include "upstream/engine.h"
+#include "upstream/health.h"
 #include "upstream/route.h"
 
 struct conn;
@@ -18,12 +20,6 @@ struct key_state;
 struct metrics_registry;
 struct jobs_worker;
 struct jobs_store;
-
-struct upstream_health {            /* per worker, keyed by upstream name; never freed early */
-    char *name;
-    struct route_health h;
-    struct upstream_health *next;
-};
 
 struct worker {
     unsigned id;
@@ -52,7 +48,6 @@ struct worker {
     ev_prepare admit;               /* starts queued requests, outside anyone's callback */
     bool draining, accepting;
     uint32_t rng;
-    struct upstream_health *health;
     struct key_state *keys;         /* keylimit.c: per-key rate and concurrency state */
     struct jobs_worker *jobs;       /* jobs_run.c: jobs running here, the store's inbox wake */
     struct metrics m;
@@ -82,6 +77,7 @@ struct server {
     struct metrics_registry *labels;    /* labelled counters; every snapshot gets an index */
     struct jobs_store *jobs;        /* process-wide; NULL when the journal could not be read */
     char jobs_error[320];           /* why jobs is NULL */
+    struct health_table health;     /* breaker entries; grown by the main thread only */
 };
 
 /* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */
@@ -102,7 +98,6 @@ void server_free(struct server *s);
 unsigned server_inflight(struct server *s);
 
 /* Worker-side helpers. */
-struct route_health *worker_health(struct worker *w, const char *upstream);
 void worker_conn_closed(struct worker *w);
 /* Called by a request when it ends: lets a draining worker notice it is done. */
 void worker_maybe_finished(struct worker *w);

@@ -38,6 +38,8 @@ struct engine {
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     unsigned pool_low;      /* fewest pooled handles seen since the last trim */
     unsigned active;
+    unsigned depth;         /* > 0 while a call's callback runs (inside curl) */
+    struct call *deferred;  /* cancelled inside another call's callback: freed after it */
     CURL *pool[EASY_POOL_MAX];
     unsigned npool;
 };
@@ -60,11 +62,28 @@ struct call {
     uint64_t received;
     int64_t retry_after_ms;
     ev_tstamp started;
-    bool head_sent, in_cb, cancelled, too_large;
+    ev_timer phase;                 /* first_byte, then idle: one timer re-armed per phase */
+    ev_tstamp last_byte;            /* when body bytes last came (loop clock, no syscall) */
+    double first_byte_s, idle_s;
+    bool head_sent, in_cb, cancelled, too_large, paused;
+    struct call *next_deferred;
     char errbuf[CURL_ERROR_SIZE];
 };
 
 static void check_multi_info(struct shard *sh);
+static void call_free(struct call *c);
+static void on_phase(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* Frees the calls cancelled while curl was inside a callback: curl forbids removing a handle
+ * there, so they wait until curl_multi_socket_action has returned (check_multi_info). */
+static void flush_deferred(struct engine *e)
+{
+    while (e->deferred && !e->depth) {
+        struct call *c = e->deferred;
+        e->deferred = c->next_deferred;
+        call_free(c);
+    }
+}
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -224,6 +243,7 @@ static void easy_put(struct engine *e, CURL *easy)
 static void call_free(struct call *c)
 {
     struct engine *e = c->e;
+    ev_timer_stop(e->loop, &c->phase);
     curl_multi_remove_handle(c->sh->multi, c->easy);
     c->sh->active--;
     easy_put(e, c->easy);
@@ -246,13 +266,24 @@ static int64_t parse_retry_after(const char *v, size_t n)
     return secs * 1000;
 }
 
+/* (Re)arms the phase timer to fire after s seconds; 0 stops it. */
+static void phase_arm(struct call *c, double s)
+{
+    c->phase.repeat = s;
+    ev_timer_again(c->e->loop, &c->phase);
+}
+
 static void deliver_head(struct call *c)
 {
     long status = 0;
     c->head_sent = true;
+    c->last_byte = ev_now(c->e->loop);
+    phase_arm(c, c->idle_s);     /* first_byte is over; idle watches the body from here */
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     c->in_cb = true;
+    c->e->depth++;
     c->ops->on_head(c->ud, status, c->retry_after_ms);
+    c->e->depth--;
     c->in_cb = false;
 }
 
@@ -285,12 +316,17 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
         return 0;
     }
     c->in_cb = true;
+    c->e->depth++;
     enum call_verdict v = c->ops->on_data(c->ud, p, n);
+    c->e->depth--;
     c->in_cb = false;
     if (c->cancelled)
         return 0;
-    if (v == CALL_PAUSE)
+    c->last_byte = ev_now(c->e->loop);  /* the idle timer checks it when it fires: no re-arm */
+    if (v == CALL_PAUSE) {
+        c->paused = true;
         return CURL_WRITEFUNC_PAUSE;
+    }
     c->received += n;
     return n;
 }
@@ -302,7 +338,11 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud)
 static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port)
 {
     struct call *c = ud;
-    return ++c->sends > 2 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+    if (++c->sends > 2)
+        return CURL_PREREQFUNC_ABORT;
+    if (!c->head_sent)
+        phase_arm(c, c->first_byte_s);  /* the request leaves now: first_byte counts from here */
+    return CURL_PREREQFUNC_OK;
 }
 
 static void set_options(struct call *c, const struct call_spec *spec)
@@ -372,6 +412,10 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->max_bytes = spec->max_response_bytes;
     c->retry_after_ms = -1;
     c->started = ev_now(e->loop);
+    c->first_byte_s = (double)spec->first_byte_timeout_ms / 1000.0;
+    c->idle_s = (double)spec->idle_timeout_ms / 1000.0;
+    ev_init(&c->phase, on_phase);
+    c->phase.data = c;
     set_options(c, spec);
     if (curl_multi_add_handle(c->sh->multi, easy) != CURLM_OK) {
         easy_put(e, easy);
@@ -393,14 +437,62 @@ void call_cancel(struct call *c)
         return;
     c->cancelled = true;
     /* Inside one of its own curl callbacks the handle can't be removed: the callback returns 0,
-     * curl ends the transfer, and check_multi_info frees it without telling anyone. */
-    if (!c->in_cb)
-        call_free(c);
+     * curl ends the transfer, and check_multi_info frees it without telling anyone. Inside
+     * another call's callback (a hedge winner cancelling the losers) it is freed right after. */
+    if (c->in_cb)
+        return;
+    if (c->e->depth) {
+        c->next_deferred = c->e->deferred;
+        c->e->deferred = c;
+        return;
+    }
+    call_free(c);
 }
 
 void call_resume(struct call *c)
 {
-    curl_easy_pause(c->easy, CURLPAUSE_CONT);
+    c->paused = false;
+    c->last_byte = ev_now(c->e->loop);   /* the wait for the reader was not the upstream's */
+    struct engine *e = c->e;
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);   /* may run this call's callbacks at once */
+    flush_deferred(e);
+}
+
+/* Ends a call from outside curl's callbacks (a phase timer) and reports result. */
+static void call_abort(struct call *c, enum call_result result, const char *detail)
+{
+    long status = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    const struct call_ops *ops = c->ops;
+    void *ud = c->ud;
+    call_free(c);       /* removing the unfinished transfer closes its connection */
+    ops->on_done(ud, result, status, detail);
+}
+
+/* libev's "again" pattern for the idle phase: bytes only record their time, and the timer,
+ * when it fires, either re-arms for the rest of the gap or ends the call. */
+static void on_phase(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct call *c = t->data;
+    char detail[96];
+    if (c->cancelled)
+        return;         /* curl ends it on this turn; nothing more is reported */
+    if (!c->head_sent) {
+        snprintf(detail, sizeof detail, "no response headers within %.0f ms of sending",
+                 c->first_byte_s * 1000.0);
+        call_abort(c, CALL_FIRST_BYTE_TIMEOUT, detail);
+        return;
+    }
+    ev_tstamp now = ev_now(loop);
+    if (c->paused)
+        c->last_byte = now;
+    double left = c->last_byte + c->idle_s - now;
+    if (left > 0.001) {
+        phase_arm(c, left);
+        return;
+    }
+    snprintf(detail, sizeof detail, "no body bytes for %.0f ms", c->idle_s * 1000.0);
+    call_abort(c, CALL_IDLE_TIMEOUT, detail);
 }
 
 static enum call_result map_result(const struct call *c, CURLcode rc)
@@ -445,11 +537,13 @@ static void finish(struct call *c, CURLcode rc)
         ops->on_done(ud, result, status, detail);
 }
 
+/* A finished call's head can decide a hedge and cancel others (deferred, being inside
+ * deliver_head): they are freed before the next message, which also drops any of theirs. */
 static void check_multi_info(struct shard *sh)
 {
     CURLMsg *msg;
     int left;
-    while ((msg = curl_multi_info_read(sh->multi, &left))) {
+    while (flush_deferred(sh->e), (msg = curl_multi_info_read(sh->multi, &left))) {
         if (msg->msg != CURLMSG_DONE)
             continue;
         struct call *c;

@@ -18,6 +18,8 @@ enum call_result {
     CALL_RESET,         /* connection reset or closed mid-answer */
     CALL_TIMEOUT,       /* the attempt's own timeout */
     CALL_TOO_LARGE,     /* answer over max_response_bytes */
+    CALL_FIRST_BYTE_TIMEOUT,    /* no response headers within first_byte_timeout_ms of sending */
+    CALL_IDLE_TIMEOUT,  /* a gap between body bytes longer than idle_timeout_ms */
     CALL_ERROR,         /* anything else (TLS, protocol, …) */
 };
 
@@ -39,6 +41,9 @@ struct call_spec {
     size_t body_len;
     uint64_t connect_timeout_ms;
     uint64_t timeout_ms;            /* whole attempt; 0 = none */
+    uint64_t first_byte_timeout_ms; /* request sent → response headers; 0 = none */
+    uint64_t idle_timeout_ms;       /* longest gap between body bytes; 0 = none (a paused call
+                                     * is waiting for its reader, which never counts) */
     uint64_t max_response_bytes;    /* 0 = none */
     const char *ca_file;            /* NULL: the system's CA store */
     bool tls_verify;                /* false: no certificate or host name check */

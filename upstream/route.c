@@ -1,5 +1,7 @@
-/* route: target ordering, retry classification, backoff and circuit-breaker decisions. */
+/* route: target ordering, retry classification and backoff decisions. */
 #include "upstream/route.h"
+
+#include "upstream/health.h"
 
 uint32_t route_rand(uint32_t *s)
 {
@@ -10,13 +12,13 @@ uint32_t route_rand(uint32_t *s)
     return *s = x;
 }
 
-static unsigned load_of(const struct route_health *const *health, unsigned i)
+static unsigned load_of(const struct conf_model *m, unsigned i)
 {
-    return health && health[i] ? health[i]->inflight : 0;
+    const struct target_health *h = m->targets[i].health;
+    return h ? __atomic_load_n(&h->inflight, __ATOMIC_RELAXED) : 0;
 }
 
-unsigned route_order(const struct conf_model *m, const struct route_health *const *health,
-                     uint32_t *rng, unsigned *order)
+unsigned route_order(const struct conf_model *m, uint32_t *rng, unsigned *order)
 {
     unsigned n = m->ntargets > ROUTE_MAX_TARGETS ? ROUTE_MAX_TARGETS : (unsigned)m->ntargets;
     for (unsigned i = 0; i < n; i++)
@@ -26,7 +28,7 @@ unsigned route_order(const struct conf_model *m, const struct route_health *cons
     if (m->strategy == STRATEGY_LEAST_INFLIGHT) {
         for (unsigned i = 1; i < n; i++) {          /* insertion sort: stable, n is tiny */
             unsigned t = order[i], j = i;
-            for (; j > 0 && load_of(health, order[j - 1]) > load_of(health, t); j--)
+            for (; j > 0 && load_of(m, order[j - 1]) > load_of(m, t); j--)
                 order[j] = order[j - 1];
             order[j] = t;
         }
@@ -60,6 +62,8 @@ bool route_retryable(enum call_result r, long status)
     case CALL_CONNECT:
     case CALL_RESET:
     case CALL_TIMEOUT:
+    case CALL_FIRST_BYTE_TIMEOUT:
+    case CALL_IDLE_TIMEOUT:     /* before any byte reached the client, like a reset */
         return true;
     case CALL_OK:
         return status == 429 || status >= 500;
@@ -80,24 +84,4 @@ uint64_t route_backoff_ms(const struct conf_model *m, unsigned retry, int64_t re
     if (retry_after_ms > 0 && (uint64_t)retry_after_ms > wait)
         wait = (uint64_t)retry_after_ms;
     return wait;
-}
-
-bool route_health_allows(const struct route_health *h, double now)
-{
-    if (!h || h->open_until == 0)
-        return true;
-    return now >= h->open_until && !h->probing;     /* half-open: one probe at a time */
-}
-
-void route_health_result(struct route_health *h, bool ok, double now, unsigned failures,
-                         double cooldown_s)
-{
-    h->probing = false;
-    if (ok) {
-        h->failures = 0;
-        h->open_until = 0;
-        return;
-    }
-    if (++h->failures >= failures && failures > 0)
-        h->open_until = now + cooldown_s;
 }

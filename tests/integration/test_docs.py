@@ -327,10 +327,10 @@ class LiveAnswers(Case):
         return st, h, data
 
     def test_operations(self):
-        for path in ("/healthz", "/readyz"):
+        for path, schema in (("/healthz", "Status"), ("/readyz", "Readiness")):
             st, _, data = self.answer("GET", path)
             self.assertEqual(st, 200)
-            Validate.check("Status", json.loads(data))
+            Validate.check(schema, json.loads(data))
         st, _, data = self.answer("GET", "/v1/models")
         Validate.check("ModelList", json.loads(data))
 

@@ -3,6 +3,7 @@ upstream and model, tokens by key and model, limit refusals by key; label values
 from a request; counters of names that survive a reload keep counting. And the warn line per
 failed attempt, at most one a second per target."""
 import json
+import re
 import signal
 import time
 
@@ -71,8 +72,7 @@ keys:
         parse_metrics(text)                         # still valid exposition text
         self.assertNotIn("owned", text)
         self.assertNotIn("also-not-configured", text)
-        models = set(l.split('model="', 1)[1].split('"', 1)[0]
-                     for l in text.splitlines() if 'model="' in l)
+        models = set(re.findall(r'[{,]model="([^"]*)"', text))   # not upstream_model
         self.assertLessEqual(models, {"m", "m-retry", "claude", "dead", "fallback"})
         keys = set(l.split('key="', 1)[1].split('"', 1)[0]
                    for l in text.splitlines() if 'key="' in l)

@@ -249,7 +249,10 @@ health:
         st, h, _ = self.d.chat("x", model="fallback")
         self.assertEqual((st, h["x-llmux-attempts"]), (200, "1"))   # dead's circuit is open
         st, _, data = self.d.request("GET", "/readyz")
-        self.assertEqual(st, 503)                        # model "dead" has no healthy target
+        # per target: "fallback" still has mock, and "dead" sends another upstream model
+        self.assertEqual(st, 200)
+        self.assertEqual([(t["upstream"], t["model"]) for t in json.loads(data)["open_targets"]],
+                         [("dead", "fallback")])
         import time
         time.sleep(0.45)
         st, h, _ = self.d.chat("x", model="fallback")

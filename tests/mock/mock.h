@@ -5,6 +5,7 @@
 #define LLMUX_MOCK_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 
 #include <ev.h>
@@ -32,6 +33,7 @@ struct mock_dirs {
     char raw[MOCK_DIRS_MAX + 1];     /* the list as written: fail_first counts per this string */
     size_t raw_len;
     long delay_ms, status, retry_after, stream_n, interval_ms, reset_after, bytes, fail_first;
+    long slow_ms, slow_first, slow_pct;  /* wait slow_ms instead of delay: first K / P % */
     long cache_read, cache_write;
     bool reset, garbage, stall, tool, no_usage;
 };
@@ -93,6 +95,7 @@ struct mock_server {
     struct buf last_head, last_body; /* the last API request, for /__last */
     bool have_last;
     struct mock_fails fails;
+    uint32_t rng;                    /* slow_pct draws (xorshift, fixed seed: reproducible) */
 };
 
 /* mock_upstream.c */

@@ -378,6 +378,27 @@ static void last_record(struct mock_conn *c, const char *body, size_t len)
     s->have_last = true;
 }
 
+/* slow=MS replaces delay for the first slow_first=K requests with this directive string, or
+ * for slow_pct=P % of them (a slow tail), or for every one when neither is given. */
+static bool slow_applies(struct mock_server *s, const struct mock_dirs *d)
+{
+    if (d->slow_ms < 0)
+        return false;
+    if (d->slow_first >= 0) {
+        char key[MOCK_DIRS_MAX + 6] = "slow:";      /* counted apart from fail_first */
+        memcpy(key + 5, d->raw, d->raw_len);
+        return mock_fails_hit(&s->fails, key, d->raw_len + 5, d->slow_first);
+    }
+    if (d->slow_pct < 0)
+        return true;
+    uint32_t x = s->rng ? s->rng : (uint32_t)2463534242u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    s->rng = x;
+    return (long)(x % 100) < d->slow_pct;
+}
+
 /* A complete request is in: control endpoints answer at once, API requests are counted and
  * wait out their delay before conn_answer picks the behaviour. */
 static int conn_start(struct mock_conn *c)
@@ -408,9 +429,10 @@ static int conn_start(struct mock_conn *c)
                    body, len);
     c->fail = c->dirs.fail_first < 0 ||
               mock_fails_hit(&s->fails, c->dirs.raw, c->dirs.raw_len, c->dirs.fail_first);
-    if (c->dirs.delay_ms > 0) {
+    long wait = slow_applies(s, &c->dirs) ? c->dirs.slow_ms : c->dirs.delay_ms;
+    if (wait > 0) {
         c->state = CONN_DELAY;
-        ev_timer_set(&c->timer, (double)c->dirs.delay_ms / 1000.0, 0.);
+        ev_timer_set(&c->timer, (double)wait / 1000.0, 0.);
         ev_timer_start(s->loop, &c->timer);
         return 0;
     }

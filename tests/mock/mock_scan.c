@@ -20,6 +20,7 @@ void mock_dirs_init(struct mock_dirs *d)
     d->raw_len = 0;
     d->delay_ms = d->status = d->retry_after = d->interval_ms = -1;
     d->reset_after = d->bytes = d->fail_first = -1;
+    d->slow_ms = d->slow_first = d->slow_pct = -1;
     d->stream_n = 3;
     d->cache_read = d->cache_write = 0;
     d->reset = d->garbage = d->stall = d->tool = d->no_usage = false;
@@ -59,6 +60,9 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         {"reset_after", offsetof(struct mock_dirs, reset_after), MOCK_STREAM_MAX},
         {"bytes", offsetof(struct mock_dirs, bytes), MOCK_BYTES_MAX},
         {"fail_first", offsetof(struct mock_dirs, fail_first), 1000000000},
+        {"slow", offsetof(struct mock_dirs, slow_ms), 3600000},
+        {"slow_first", offsetof(struct mock_dirs, slow_first), 1000000000},
+        {"slow_pct", offsetof(struct mock_dirs, slow_pct), 100},
         {"cache_read", offsetof(struct mock_dirs, cache_read), 1000000000},
         {"cache_write", offsetof(struct mock_dirs, cache_write), 1000000000},
     };

@@ -1,0 +1,156 @@
+/* hedge: delayed hedging. When no attempt has response headers `after` into the request, one
+ * more attempt starts on the next target in routing order (the same one when it is alone); the
+ * first 2xx head wins and every other attempt is cancelled at once. Hedges take a max_inflight
+ * slot and a key slot each, stop once a stream byte is out, and end with the request. */
+#include <stdlib.h>
+
+#include "daemon/breaker.h"
+#include "daemon/keylimit.h"
+#include "daemon/proxy_internal.h"
+#include "daemon/worker.h"
+
+static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* X-Llmux-Hedge-Ms overrides `after` but never below hedge.min_after: a client can hedge later
+ * or not at all, not make the model cost more upstream calls than its operator allows. */
+void hedge_init(struct proxy *p)
+{
+    const struct conf_model *m = p->model;
+    const struct request *r = p->r;
+    uint64_t after = m->hedge_after_ms;
+    if (after && r->hedge_ms >= 0) {
+        after = (uint64_t)r->hedge_ms;
+        if (after && after < m->hedge_min_after_ms)
+            after = m->hedge_min_after_ms;
+    }
+    if (r->no_retry)
+        after = 0;      /* one upstream call at most */
+    p->hedge_after = (double)after / 1000.0;
+    ev_timer_init(&p->hedge, on_hedge, 0., 0.);
+    p->hedge.data = p;
+}
+
+void hedge_arm(struct proxy *p)
+{
+    struct request *r = p->r;
+    if (p->hedge_after <= 0 || p->winner || r->streaming || p->hedges >= p->model->hedge_max ||
+        ev_is_active(&p->hedge))
+        return;
+    ev_timer_set(&p->hedge, p->hedge_after, 0.);
+    ev_timer_start(r->w->loop, &p->hedge);
+}
+
+void hedge_stop(struct proxy *p)
+{
+    ev_timer_stop(p->r->w->loop, &p->hedge);
+}
+
+static bool target_running(const struct proxy *p, const struct conf_target *t)
+{
+    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+        if (p->slots[i].call && p->slots[i].target == t)
+            return true;
+    return false;
+}
+
+/* The next target after the walk's position the breaker admits, preferring one with no attempt
+ * out; the same target comes last, so a single-target model hedges on itself. */
+static const struct conf_target *pick(struct proxy *p, bool *probe)
+{
+    int64_t now = breaker_now_ms();
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned k = 1; k <= p->norder; k++) {
+            const struct conf_target *t = &p->model->targets[p->order[(p->pos + k) % p->norder]];
+            if (pass == 0 && target_running(p, t))
+                continue;
+            if (health_admit(t->health, now, probe))
+                return t;
+        }
+    return NULL;
+}
+
+/* One more max_inflight slot (not ahead of queued requests) and one more key slot: 1 (key
+ * charged), 0 (nothing to charge there), -1 refused. */
+static int take_slots(struct request *r)
+{
+    struct worker *w = r->w;
+    unsigned cap = w->conf->limits.max_inflight / w->srv->nworkers;
+    if (w->queue_head || w->inflight >= (cap ? cap : 1))
+        return -1;
+    int key = keylimit_take_extra(r);
+    if (key >= 0)
+        w->inflight++;
+    return key;
+}
+
+static void give_slots(struct request *r, bool key_charged)
+{
+    r->w->inflight--;
+    if (key_charged)
+        keylimit_give_extra(r);
+}
+
+void hedge_release(struct attempt *a)
+{
+    struct request *r = a->p->r;
+    struct worker *w = r->w;
+    METRIC_INC(w->m.hedges[a->hedge_outcome]);
+    a->hedge = false;
+    give_slots(r, a->key_charged);
+    a->key_charged = false;
+    if (w->queue_head)
+        ev_prepare_start(w->loop, &w->admit);
+}
+
+static struct attempt *free_slot(struct proxy *p)
+{
+    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+        if (!p->slots[i].call)
+            return &p->slots[i];
+    return NULL;
+}
+
+static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct proxy *p = t->data;
+    struct request *r = p->r;
+    struct attempt *a = free_slot(p);
+    bool probe = false;
+    if (!a || p->winner || r->streaming || !p->running || p->hedges >= p->model->hedge_max)
+        return;     /* answered, streaming, or between retries: nothing to hedge */
+    int key = take_slots(r);
+    if (key < 0)
+        return;
+    const struct conf_target *tg = pick(p, &probe);
+    if (!tg || proxy_launch(p, a, tg, probe) < 0) {
+        if (probe)
+            health_release_probe(tg->health);
+        give_slots(r, key > 0);
+        return;
+    }
+    a->hedge = true;
+    a->key_charged = key > 0;
+    a->hedge_outcome = HEDGE_CANCELLED;
+    p->hedges++;
+    r->hedged = true;
+    hedge_arm(p);
+}
+
+void hedge_won(struct proxy *p, struct attempt *a)
+{
+    p->winner = a;
+    p->r->hedge_winner = a->number;
+    p->r->upstream = a->target->upstream->name;    /* X-Llmux-Upstream: the one that answers */
+    p->r->label_pair = a->pair;
+    hedge_stop(p);
+    if (a->hedge)
+        a->hedge_outcome = HEDGE_WON;
+    for (unsigned i = 0; i < PROXY_SLOTS; i++) {
+        struct attempt *o = &p->slots[i];
+        if (o == a || !o->call)
+            continue;
+        if (o->hedge)
+            o->hedge_outcome = HEDGE_LOST;
+        proxy_attempt_cancel(o, ABORT_CANCELLED);   /* the upstream sees its connection close */
+    }
+}
