@@ -463,6 +463,8 @@ const char *trace_error_type(enum call_result result, const char *status)
     case CALL_CONNECT: return "connect_error";
     case CALL_RESET: return "connection_reset";
     case CALL_TIMEOUT: return "timeout";
+    case CALL_FIRST_BYTE_TIMEOUT: return "first_byte_timeout";
+    case CALL_IDLE_TIMEOUT: return "idle_timeout";
     case CALL_TOO_LARGE: return "response_too_large";
     default: return "error";
     }
