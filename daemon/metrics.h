@@ -46,6 +46,7 @@ struct metrics {
     uint64_t conns_open;                /* gauge */
     uint64_t conns_accepted, conns_rejected;
     uint64_t gather_items[OUTCOME_COUNT];
+    uint64_t state_errors;              /* shared-state backend failures */
     struct histogram request_latency, gather_duration;
     /* attempts, retries, fallbacks, failures, upstream latency and tokens are labelled by
      * config names: metrics_labels.h */

@@ -15,8 +15,8 @@
 #include "common/log.h"
 #include "daemon/conn.h"
 #include "daemon/jobs.h"
-#include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
+#include "daemon/state.h"
 #include "daemon/proxy.h"
 
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
@@ -256,6 +256,8 @@ static int worker_init(struct worker *w)
     if (!w->engine || watch_listeners(w) < 0 || jobs_worker_init(w) < 0)
         return -1;
     proxy_worker_init(w);
+    if (!(w->state = state_link_new(w->srv->state, w->loop, w->id, &w->m.state_errors)))
+        return -1;
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
@@ -293,6 +295,11 @@ int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_
     s->main_loop = main_loop;
     s->main_wake = main_wake;
     pthread_mutex_init(&s->lock, NULL);
+    char err[256];
+    if (!(s->state = state_new(c, err, sizeof err))) {
+        log_error("state: %s", err);
+        return -1;
+    }
     for (unsigned i = 0; i < nworkers; i++) {
         struct worker *w = &s->workers[i];
         w->id = i;
@@ -389,7 +396,7 @@ void server_free(struct server *s)
             ev_loop_destroy(w->loop);
         free(w->accept_io);
         conf_unref(w->conf);
-        keylimit_free_all(w);
+        state_link_free(w->state);
         for (struct upstream_health *u = w->health, *next; u; u = next) {
             next = u->next;
             free(u->name);
@@ -397,6 +404,7 @@ void server_free(struct server *s)
         }
     }
     free(s->workers);
+    state_free(s->state);
     server_close_listeners(s);
     if (s->current)
         conf_unref(s->current);
