@@ -170,6 +170,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         rd->last_reply = ev_now(rd->loop);
     if (c->cb)
         cmd_finish(c, r, r ? NULL : rd->closing ? "shutting down" : "connection lost");
+    cmd_unlink(c);              /* a command sent without a callback is still linked */
     free(c);
 }
 

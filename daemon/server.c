@@ -391,12 +391,12 @@ void server_free(struct server *s)
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         jobs_worker_free(w);
+        state_link_free(w->state);     /* before its loop goes */
         engine_free(w->engine);
         if (w->loop)
             ev_loop_destroy(w->loop);
         free(w->accept_io);
         conf_unref(w->conf);
-        state_link_free(w->state);
         for (struct upstream_health *u = w->health, *next; u; u = next) {
             next = u->next;
             free(u->name);
