@@ -31,7 +31,8 @@ static void gcra_figures(struct gcra *g, int64_t now, double T, int64_t W)
 struct gcra gcra_admit(int64_t tat, int64_t now, double T, int64_t W, double cost)
 {
     struct gcra g = {.tat = tat};
-    int64_t next = (tat > now ? tat : now) + (int64_t)llround(T * cost);
+    /* rounded down: T × limit must not exceed W by a rounding error (7 × 60e6/7) */
+    int64_t next = (tat > now ? tat : now) + (int64_t)(T * cost);
     g.ok = next - now <= W;
     if (g.ok)
         g.tat = next;
@@ -52,7 +53,7 @@ struct gcra gcra_check(int64_t tat, int64_t now, double T, int64_t W)
 struct gcra gcra_charge(int64_t tat, int64_t now, double T, int64_t W, double cost)
 {
     struct gcra g = {.ok = true};
-    g.tat = (tat > now ? tat : now) + (int64_t)llround(T * cost);
+    g.tat = (tat > now ? tat : now) + (int64_t)(T * cost);
     if (g.tat > now + 2 * W)
         g.tat = now + 2 * W;
     gcra_figures(&g, now, T, W);
