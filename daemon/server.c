@@ -324,6 +324,9 @@ static void wake_all(struct server *s)
 void server_reload(struct server *s, struct conf *c)
 {
     metrics_labels_attach(s->labels, c);    /* before any worker can see c */
+    if (state_differs(s->state, c))
+        log_warn("reload: state: takes effect at restart (the keys' limits keep the backend "
+                 "and settings they started with)");
     pthread_mutex_lock(&s->lock);
     conf_unref(s->current);
     s->current = c;

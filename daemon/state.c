@@ -189,6 +189,14 @@ bool state_is_redis(const struct state *st)
     return st->redis;
 }
 
+bool state_differs(const struct state *st, const struct conf *c)
+{
+    return st->redis != (c->state.backend == STATE_REDIS) ||
+           st->fail_closed != c->state.fail_closed ||
+           st->timeout_s != (double)c->state.timeout_ms / 1000.0 ||
+           strcmp(st->url, c->state.redis) != 0;
+}
+
 struct state_link *state_link_new(struct state *st, struct ev_loop *loop, unsigned worker_id,
                                   uint64_t *errors)
 {

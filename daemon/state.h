@@ -68,6 +68,8 @@ struct state;
 struct state *state_new(const struct conf *c, char *err, size_t errlen);
 void state_free(struct state *st);
 bool state_is_redis(const struct state *st);
+/* Whether c's state section differs from what st was made from (a reload cannot switch it). */
+bool state_differs(const struct state *st, const struct conf *c);
 /* Per worker: its Redis link when the backend is redis. errors: the worker's counter of
  * backend failures (llmux_state_errors_total). */
 struct state_link *state_link_new(struct state *st, struct ev_loop *loop, unsigned worker_id,
