@@ -28,6 +28,24 @@ def parallel(n, fn):
     return out
 
 
+def watch_inflight(mock):
+    """Samples the mock's in-flight gauge every 10 ms: (samples, stop function)."""
+    seen = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append(mock.stats()["inflight"])
+            time.sleep(0.01)
+    t = threading.Thread(target=watch)
+    t.start()
+
+    def stop():
+        done.set()
+        t.join()
+    return seen, stop
+
+
 class ProcessWideTest(Case):
     """workers: 4 — the figures hold for the process, not per worker."""
     workers = 4
@@ -53,18 +71,9 @@ keys:
 
     def test_concurrency_exact(self):
         auth = {"Authorization": "Bearer key-narrow-1"}
-        seen = []
-        stop = threading.Event()
-
-        def watch():
-            while not stop.is_set():
-                seen.append(self.mock.stats()["inflight"])
-                time.sleep(0.01)
-        w = threading.Thread(target=watch)
-        w.start()
+        seen, stop = watch_inflight(self.mock)
         res = parallel(8, lambda i: self.d.chat("c%d @mock:delay=400" % i, headers=auth))
-        stop.set()
-        w.join()
+        stop()
         codes = [r[0] for r in res]
         self.assertEqual(codes.count(200), 2, codes)
         self.assertEqual(codes.count(429), 6, codes)
@@ -172,23 +181,14 @@ keys:
 
     def test_gather_items_wait_for_slots(self):
         auth = {"Authorization": "Bearer key-four-1"}
-        seen = []
-        stop = threading.Event()
-
-        def watch():
-            while not stop.is_set():
-                seen.append(self.mock.stats()["inflight"])
-                time.sleep(0.01)
-        w = threading.Thread(target=watch)
-        w.start()
+        seen, stop = watch_inflight(self.mock)
         body = {"max_concurrency": 8, "requests": [
             {"model": "m", "messages": [{"role": "user", "content": "g%d @mock:delay=300" % i}]}
             for i in range(8)]}
         t0 = time.monotonic()
         st, h, data = self.d.request("POST", "/v1/gather", body, auth, timeout=20)
         elapsed = time.monotonic() - t0
-        stop.set()
-        w.join()
+        stop()
         self.assertEqual(st, 200, data)
         out = json.loads(data)
         self.assertEqual(out["succeeded"], 8, out)

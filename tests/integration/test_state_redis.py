@@ -44,6 +44,7 @@ class RedisCase(unittest.TestCase):
     password = "redis-pass-42"
     on_error = "open"
     ndaemons = 2
+    workers = 2
 
     @classmethod
     def setUpClass(cls):
@@ -54,7 +55,7 @@ class RedisCase(unittest.TestCase):
         try:
             for _ in range(cls.ndaemons):
                 cls.ds.append(Daemon(cls.mock, extra=state_conf(cls.url, cls.on_error),
-                                     workers=2))
+                                     workers=cls.workers))
         except Exception:
             cls.tearDownClass()
             raise
@@ -166,6 +167,7 @@ class SharedLimitsTest(RedisCase):
 
 class RedisFaultsOpenTest(RedisCase):
     ndaemons = 1
+    workers = 1         # one link: "back" is one reconnect to wait for
 
     def test_killed_mid_test_serves_then_limits_resume(self):
         d = self.ds[0]
