@@ -179,8 +179,9 @@ static void drop_link(struct redis *rd, const char *why)
     redisAsyncContext *ac = rd->ac;
     if (!ac)
         return;
-    redisAsyncFree(ac);         /* fails pending replies; deferred when inside a callback */
+    /* Down first, so callbacks run by the free below see no link to send on. */
     link_down(rd, ac, why);
+    redisAsyncFree(ac);         /* fails pending replies; deferred when inside a callback */
 }
 
 static void on_cmd_timeout(struct ev_loop *loop, ev_timer *t, int revents)
