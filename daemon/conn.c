@@ -17,6 +17,7 @@
 #include "common/http_status.h"
 #include "common/log.h"
 #include "daemon/http_parser.h"
+#include "daemon/keylimit.h"
 #include "daemon/request.h"
 #include "daemon/router.h"
 #include "daemon/worker.h"
@@ -260,6 +261,7 @@ static void put_head(struct conn *c, struct buf *h, int status, const struct req
             buf_printf(h, "Allow: %s\r\n", r->allow);
         if (r->location[0])
             buf_printf(h, "Location: %s\r\n", r->location);
+        keylimit_headers(r, h);
     }
     if (c->close_after || c->w->draining)
         buf_puts(h, "Connection: close\r\n");
