@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "daemon/cost.h"
 #include "daemon/http_parser.h"
+#include "daemon/keylimit.h"
 #include "daemon/request.h"
 #include "daemon/router.h"
 #include "daemon/worker.h"
@@ -261,6 +262,7 @@ static void put_head(struct conn *c, struct buf *h, int status, const struct req
             buf_printf(h, "Allow: %s\r\n", r->allow);
         if (r->location[0])
             buf_printf(h, "Location: %s\r\n", r->location);
+        keylimit_headers(r, h);
         if (r->priced && !r->streaming) {     /* a stream's comes last, in an SSE comment */
             char cost[32];
             cost_format(cost, sizeof cost, r->cost_usd);

@@ -311,6 +311,7 @@ static void start_item(struct gather *g, size_t i)
     r->gather_index = (unsigned)i;
     r->ep = it->ep;
     r->key = p->key;
+    r->wait_for_key = true;             /* items queue for the key's slots, not 429 */
     r->no_retry = p->no_retry;
     request_set_client(r, p->client, p->user_agent,
                        p->user_agent ? strlen(p->user_agent) : 0);

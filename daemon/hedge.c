@@ -69,25 +69,24 @@ static const struct conf_target *pick(struct proxy *p, bool *probe)
     return NULL;
 }
 
-/* One more max_inflight slot (not ahead of queued requests) and one more key slot: 1 (key
- * charged), 0 (nothing to charge there), -1 refused. */
-static int take_slots(struct request *r)
+/* One more max_inflight slot (not ahead of queued requests) and one more of the key's: 0, or
+ * -1 refused (nothing held). *key is the key's hold to give back, NULL when nothing was charged. */
+static int take_slots(struct request *r, struct state_hold **key)
 {
     struct worker *w = r->w;
-    unsigned cap = w->conf->limits.max_inflight / w->srv->nworkers;
-    if (w->queue_head || w->inflight >= (cap ? cap : 1))
+    if (w->queue_head || !proxy_slot_take(w))
         return -1;
-    int key = keylimit_take_extra(r);
-    if (key >= 0)
-        w->inflight++;
-    return key;
+    if (keylimit_take_extra(r, key) < 0) {
+        proxy_slot_give(w);
+        return -1;
+    }
+    return 0;
 }
 
-static void give_slots(struct request *r, bool key_charged)
+static void give_slots(struct request *r, struct state_hold *key)
 {
-    r->w->inflight--;
-    if (key_charged)
-        keylimit_give_extra(r);
+    proxy_slot_give(r->w);
+    keylimit_give_extra(r, key);
 }
 
 void hedge_release(struct attempt *a)
@@ -96,10 +95,8 @@ void hedge_release(struct attempt *a)
     struct worker *w = r->w;
     METRIC_INC(w->m.hedges[a->hedge_outcome]);
     a->hedge = false;
-    give_slots(r, a->key_charged);
-    a->key_charged = false;
-    if (w->queue_head)
-        ev_prepare_start(w->loop, &w->admit);
+    give_slots(r, a->key_hold);
+    a->key_hold = NULL;
 }
 
 static struct attempt *free_slot(struct proxy *p)
@@ -118,18 +115,18 @@ static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
     bool probe = false;
     if (!a || p->winner || r->streaming || !p->running || p->hedges >= p->model->hedge_max)
         return;     /* answered, streaming, or between retries: nothing to hedge */
-    int key = take_slots(r);
-    if (key < 0)
+    struct state_hold *key = NULL;
+    if (take_slots(r, &key) < 0)
         return;
     const struct conf_target *tg = pick(p, &probe);
     if (!tg || proxy_launch(p, a, tg, probe) < 0) {
         if (probe)
             health_release_probe(tg->health);
-        give_slots(r, key > 0);
+        give_slots(r, key);
         return;
     }
     a->hedge = true;
-    a->key_charged = key > 0;
+    a->key_hold = key;
     a->hedge_outcome = HEDGE_CANCELLED;
     p->hedges++;
     r->hedged = true;

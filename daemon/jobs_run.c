@@ -156,6 +156,7 @@ static uint64_t deadline_ms(const struct conf *c, const struct job *j)
 static void start_request(struct request *r, struct job *j)
 {
     json_t *body = json_loadb(j->input, j->input_len, 0, NULL);
+    r->wait_for_key = true;             /* a job waits for its key's slot, never a 429 */
     if (j->key && !(r->key = key_named(r->conf, j->key))) {
         json_decref(body);
         request_fail(r, 403, "permission_error", "key_removed", NULL, "the key that submitted "

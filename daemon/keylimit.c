@@ -1,124 +1,272 @@
-/* keylimit: token bucket per key for `rpm`, a counter for `max_concurrency`. */
+/* keylimit: between the router and the proxy. A limited key's request takes from the shared
+ * state first; items of a gather and jobs (r->wait_for_key) wait for a slot within their
+ * deadline instead of failing, woken early when a slot of their key frees on this worker. */
 #include "daemon/keylimit.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/metrics_labels.h"
+#include "daemon/proxy.h"
+#include "daemon/state.h"
 #include "daemon/worker.h"
 
-struct key_state {
-    char *name;
-    double tokens;
-    double last;            /* loop time of the last refill */
-    unsigned inflight;
-    struct key_state *next;
+#define WAIT_POLL_MIN_S 0.01    /* a waiter looks again this soon, then less often */
+#define WAIT_POLL_MAX_S 0.2
+
+struct keylimit {
+    struct state_hold h;
+    struct request *r;
+    json_t *body;                       /* held while the take is pending or waiting */
+    const struct conf_model *m;
+    ev_timer wait;
+    double poll_s;
+    struct keylimit *wprev, *wnext;     /* in the worker's waiters while waiting */
+    bool waiting, has_fig, decided;
 };
 
-static struct key_state *state_of(struct worker *w, const char *name)
+static void on_taken(struct state_hold *h);
+static void take(struct keylimit *kl);
+
+static bool limited(const struct conf_key *k)
 {
-    struct key_state *k;
-    for (k = w->keys; k; k = k->next)
-        if (strcmp(k->name, name) == 0)
-            return k;
-    k = calloc(1, sizeof *k);
-    if (!k || !(k->name = strdup(name))) {
-        free(k);
-        return NULL;
-    }
-    k->tokens = -1;         /* filled on first use */
-    k->next = w->keys;
-    w->keys = k;
-    return k;
+    return k && (k->rpm || k->tpm || k->max_concurrency);
 }
 
-static double share(unsigned total, const struct worker *w)
+static void waiter_unlink(struct keylimit *kl)
 {
-    double s = (double)total / w->srv->nworkers;
-    return s < 1 ? 1 : s;
+    struct worker *w = kl->r->w;
+    if (!kl->waiting)
+        return;
+    kl->waiting = false;
+    ev_timer_stop(w->loop, &kl->wait);
+    if (kl->wprev)
+        kl->wprev->wnext = kl->wnext;
+    else
+        w->key_waiters = kl->wnext;
+    if (kl->wnext)
+        kl->wnext->wprev = kl->wprev;
+    kl->wprev = kl->wnext = NULL;
 }
 
-static void refuse(struct request *r, double retry_s, const char *code, const char *msg,
-                   enum key_limit l)
+static void on_wait(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    metrics_labels_key_limited(r->conf, r->w->id, r->key, l);
-    r->retry_after_s = (int64_t)ceil(retry_s < 1 ? 1 : retry_s);
-    request_fail(r, 429, "rate_limit_error", code, NULL, msg, OUTCOME_REJECTED);
+    struct keylimit *kl = t->data;
+    waiter_unlink(kl);
+    take(kl);
 }
 
-int keylimit_acquire(struct request *r)
+static void wait_for(struct keylimit *kl, double s)
 {
-    const struct conf_key *key = r->key;
-    if (!key || (!key->rpm && !key->max_concurrency))
-        return 0;
-    struct key_state *k = state_of(r->w, key->name);
-    if (!k)
-        return 0;           /* out of memory: fail open rather than refuse everyone */
-    double now = ev_now(r->w->loop);
-    if (key->rpm) {
-        double cap = share(key->rpm, r->w), rate = cap / 60.0;
-        k->tokens = k->tokens < 0 ? cap : fmin(cap, k->tokens + (now - k->last) * rate);
-        k->last = now;
-        if (k->tokens < 1) {
-            refuse(r, (1 - k->tokens) / rate, "rate_limit_exceeded",
-                   "this key's requests-per-minute limit is reached", KEY_LIMIT_RPM);
-            return -1;
+    struct worker *w = kl->r->w;
+    kl->waiting = true;
+    kl->wnext = w->key_waiters;
+    if (kl->wnext)
+        kl->wnext->wprev = kl;
+    w->key_waiters = kl;
+    ev_timer_set(&kl->wait, s, 0.);
+    ev_timer_start(w->loop, &kl->wait);
+}
+
+/* A slot of this key freed on this worker: the first waiter for it looks at once. */
+static void wake_waiter(struct worker *w, const struct state_slot *slot)
+{
+    for (struct keylimit *kl = w->key_waiters; kl; kl = kl->wnext)
+        if (kl->h.slot == slot) {
+            ev_timer_stop(w->loop, &kl->wait);
+            ev_timer_set(&kl->wait, 0., 0.);
+            ev_timer_start(w->loop, &kl->wait);
+            return;
         }
+}
+
+static void refuse(struct keylimit *kl)
+{
+    static const char *const msgs[] = {
+        [STATE_RATE_LIMITED] = "this key's requests-per-minute limit is reached",
+        [STATE_TOKENS_LIMITED] = "this key's tokens-per-minute limit is reached",
+        [STATE_BUSY] = "this key has as many requests in flight as it may",
+    };
+    static const enum key_limit kinds[] = {
+        [STATE_RATE_LIMITED] = KEY_LIMIT_RPM,
+        [STATE_TOKENS_LIMITED] = KEY_LIMIT_TPM,
+        [STATE_BUSY] = KEY_LIMIT_CONCURRENCY,
+    };
+    struct request *r = kl->r;
+    double s = kl->h.retry_after_s;
+    metrics_labels_key_limited(r->conf, r->w->id, r->key, kinds[kl->h.verdict]);
+    r->retry_after_s = (int64_t)ceil(s < 1 ? 1 : s);
+    request_fail(r, 429, "rate_limit_error", kl->h.verdict == STATE_BUSY
+                 ? "concurrency_limit_exceeded" : "rate_limit_exceeded", NULL,
+                 msgs[kl->h.verdict], OUTCOME_REJECTED);
+}
+
+/* Whether r may wait `s` more seconds for its key: only waiters, and only within the deadline. */
+static bool may_wait(const struct request *r, double s)
+{
+    if (!r->wait_for_key)
+        return false;
+    return !r->deadline_at || ev_now(r->w->loop) + s < r->deadline_at;
+}
+
+static void go(struct keylimit *kl)
+{
+    json_t *body = kl->body;
+    kl->body = NULL;
+    kl->decided = true;
+    proxy_start(kl->r, body, kl->m);
+}
+
+static void decide(struct keylimit *kl)
+{
+    struct request *r = kl->r;
+    kl->has_fig |= kl->h.verdict != STATE_FAILED;
+    switch (kl->h.verdict) {
+    case STATE_TAKEN:
+        go(kl);
+        return;
+    case STATE_FAILED:
+        if (state_failed(r->w->state, kl->h.why)) {
+            go(kl);             /* on_error: open */
+            return;
+        }
+        r->retry_after_s = 1;
+        request_fail(r, 503, "server_error", "state_unavailable", NULL,
+                     "the shared limit state (redis) is unavailable; retry shortly",
+                     OUTCOME_REJECTED);
+        return;
+    case STATE_BUSY:
+        if (may_wait(r, 0)) {
+            double s = kl->poll_s;
+            kl->poll_s = fmin(kl->poll_s * 2, WAIT_POLL_MAX_S);
+            wait_for(kl, s);
+            return;
+        }
+        break;
+    default:
+        if (may_wait(r, kl->h.retry_after_s)) {
+            wait_for(kl, kl->h.retry_after_s);
+            return;
+        }
+        break;
     }
-    if (key->max_concurrency && k->inflight >= (unsigned)share(key->max_concurrency, r->w)) {
-        refuse(r, 1, "concurrency_limit_exceeded",
-               "this key has as many requests in flight as it may", KEY_LIMIT_CONCURRENCY);
-        return -1;
+    refuse(kl);
+}
+
+static void take(struct keylimit *kl)
+{
+    kl->h.done = on_taken;
+    if (state_take(kl->r->w->state, &kl->h, kl->r->key))
+        decide(kl);
+}
+
+static void on_taken(struct state_hold *h)
+{
+    decide((struct keylimit *)h);       /* h is the first member */
+}
+
+void keylimit_admit(struct request *r, json_t *body, const struct conf_model *m)
+{
+    if (!limited(r->key) || !r->w->state) {
+        proxy_start(r, body, m);
+        return;
     }
-    if (key->rpm)
-        k->tokens -= 1;
-    k->inflight++;
-    r->key_slot = true;
-    return 0;
+    struct keylimit *kl = calloc(1, sizeof *kl);
+    if (!kl) {
+        proxy_start(r, body, m);        /* out of memory: fail open rather than refuse all */
+        return;
+    }
+    kl->r = r;
+    kl->body = body;
+    kl->m = m;
+    kl->poll_s = WAIT_POLL_MIN_S;
+    ev_timer_init(&kl->wait, on_wait, 0., 0.);
+    kl->wait.data = kl;
+    r->keylimit = kl;
+    take(kl);
 }
 
 void keylimit_release(struct request *r)
 {
-    if (!r->key_slot)
+    struct keylimit *kl = r->keylimit;
+    if (!kl)
         return;
-    r->key_slot = false;
-    struct key_state *k = state_of(r->w, r->key->name);
-    if (k && k->inflight)
-        k->inflight--;
+    r->keylimit = NULL;
+    waiter_unlink(kl);
+    bool freed_slot = kl->h.taken && r->key->max_concurrency;
+    state_release(&kl->h, r->usage.prompt + r->usage.completion);
+    if (freed_slot && r->w->key_waiters)
+        wake_waiter(r->w, kl->h.slot);
+    json_decref(kl->body);
+    free(kl);
 }
 
-void keylimit_free_all(struct worker *w)
+/* Go's duration format, as OpenAI writes these headers: "1s", "6m0s", "0.5s". */
+static void put_duration(struct buf *h, const char *name, double s)
 {
-    for (struct key_state *k = w->keys, *next; k; k = next) {
-        next = k->next;
-        free(k->name);
-        free(k);
+    if (s < 60) {
+        buf_printf(h, "%s: %.3gs\r\n", name, s < 0.001 ? 0 : s);
+        return;
     }
-    w->keys = NULL;
+    long whole = (long)ceil(s);
+    buf_printf(h, "%s: %ldm%lds\r\n", name, whole / 60, whole % 60);
 }
 
-int keylimit_take_extra(struct request *r)
+void keylimit_headers(const struct request *r, struct buf *h)
 {
-    const struct conf_key *key = r->key;
-    if (!key || !r->key_slot || (!key->rpm && !key->max_concurrency))
+    const struct conf_key *k = r->key;
+    struct state_figures f;
+    if (!k || (!k->rpm && !k->tpm))
+        return;
+    const struct keylimit *kl = r->keylimit;
+    if (kl && kl->has_fig)
+        f = kl->h.fig;
+    else if (r->w->srv->state)
+        state_peek(r->w->srv->state, k, &f);
+    else
+        return;
+    if (k->rpm) {
+        buf_printf(h, "x-ratelimit-limit-requests: %u\r\nx-ratelimit-remaining-requests: %ld\r\n",
+                   f.limit_req, f.remaining_req);
+        put_duration(h, "x-ratelimit-reset-requests", f.reset_req_s);
+    }
+    if (k->tpm) {
+        buf_printf(h, "x-ratelimit-limit-tokens: %u\r\nx-ratelimit-remaining-tokens: %ld\r\n",
+                   f.limit_tok, f.remaining_tok);
+        put_duration(h, "x-ratelimit-reset-tokens", f.reset_tok_s);
+    }
+}
+
+int keylimit_take_extra(struct request *r, struct state_hold **hold)
+{
+    *hold = NULL;
+    if (!limited(r->key) || !r->w->state || !r->keylimit)
         return 0;
-    struct key_state *k = state_of(r->w, key->name);
-    if (!k)
-        return 0;
-    if (key->rpm && k->tokens < 1)
-        return -1;      /* refilled by the next keylimit_acquire; a hedge never waits */
-    if (key->max_concurrency && k->inflight >= (unsigned)share(key->max_concurrency, r->w))
+    struct state_hold *h = calloc(1, sizeof *h);
+    if (!h)
         return -1;
-    if (key->rpm)
-        k->tokens -= 1;
-    k->inflight++;
+    if (!state_take(r->w->state, h, r->key)) {
+        state_cancel(h);        /* the redis backend answers later: too late for a hedge */
+        free(h);
+        return -1;
+    }
+    if (h->verdict != STATE_TAKEN) {
+        free(h);
+        return -1;
+    }
+    *hold = h;
     return 1;
 }
 
-void keylimit_give_extra(struct request *r)
+void keylimit_give_extra(struct request *r, struct state_hold *hold)
 {
-    struct key_state *k = state_of(r->w, r->key->name);
-    if (k && k->inflight)
-        k->inflight--;
+    if (!hold)
+        return;
+    bool freed_slot = hold->taken && r->key->max_concurrency;
+    state_release(hold, 0);
+    if (freed_slot && r->w->key_waiters)
+        wake_waiter(r->w, hold->slot);
+    free(hold);
 }

@@ -170,6 +170,8 @@ void metrics_render(struct buf *out, struct metrics *const *w, unsigned n,
     simple(out, "inflight_requests", "gauge", "Requests in flight.", SUM(inflight_requests));
     simple(out, "upstream_inflight", "gauge", "Upstream calls in flight.",
            SUM(upstream_inflight));
+    simple(out, "state_errors_total", "counter", "Limit checks the shared state (redis) "
+           "could not answer.", SUM(state_errors));
     simple(out, "response_bytes_total", "counter", "Bytes sent to clients.", SUM(bytes_out));
     simple(out, "connections_open", "gauge", "Client connections open.", SUM(conns_open));
     simple(out, "connections_accepted_total", "counter", "Client connections accepted.",

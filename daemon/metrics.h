@@ -53,6 +53,7 @@ struct metrics {
     uint64_t gather_items[OUTCOME_COUNT];
     uint64_t hedges[HEDGE_OUTCOMES];
     uint64_t phase_timeouts[PHASE_TIMEOUTS];
+    uint64_t state_errors;              /* shared-state backend failures */
     struct histogram request_latency, gather_duration;
     /* attempts, retries, fallbacks, failures, upstream latency and tokens are labelled by
      * config names: metrics_labels.h */

@@ -24,12 +24,53 @@ static void on_done(void *ud, enum call_result result, long status, const char *
 
 static const struct call_ops proxy_call_ops = {on_head, on_data, on_done};
 
+/* limits.max_inflight and limits.queue hold for the whole process: one atomic count of slots
+ * and one of queued requests, shared by the workers; each worker queues its own requests. */
+static bool slot_take(struct server *s, unsigned max)
+{
+    unsigned n = __atomic_load_n(&s->inflight_slots, __ATOMIC_RELAXED);
+    do {
+        if (n >= max)
+            return false;
+    } while (!__atomic_compare_exchange_n(&s->inflight_slots, &n, n + 1, true,
+                                          __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    return true;
+}
+
+/* A slot freed: this worker's queue goes first; other workers with a queue are woken. */
+static void slot_give(struct worker *w)
+{
+    struct server *s = w->srv;
+    __atomic_sub_fetch(&s->inflight_slots, 1, __ATOMIC_SEQ_CST);
+    w->inflight--;
+    if (w->queue_head) {
+        ev_prepare_start(w->loop, &w->admit);
+        return;
+    }
+    if (!__atomic_load_n(&s->queued_total, __ATOMIC_SEQ_CST))
+        return;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (&s->workers[i] != w && __atomic_load_n(&s->workers[i].queued, __ATOMIC_RELAXED))
+            ev_async_send(s->workers[i].loop, &s->workers[i].admit_wake);
+}
+
+bool proxy_slot_take(struct worker *w)
+{
+    if (!slot_take(w->srv, w->conf->limits.max_inflight))
+        return false;
+    w->inflight++;
+    return true;
+}
+
+void proxy_slot_give(struct worker *w)
+{
+    slot_give(w);
+}
+
 static void proxy_free(struct proxy *p)
 {
     struct worker *w = p->r->w;
-    w->inflight--;
-    if (w->queue_head)
-        ev_prepare_start(w->loop, &w->admit);
+    slot_give(w);
     ev_timer_stop(w->loop, &p->backoff);
     hedge_stop(p);
     for (unsigned i = 0; i < PROXY_SLOTS; i++) {
@@ -49,12 +90,6 @@ static void proxy_free(struct proxy *p)
 static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
 {
     attempt(t->data);
-}
-
-static unsigned per_worker(unsigned total, const struct worker *w)
-{
-    unsigned n = total / w->srv->nworkers;
-    return n ? n : 1;
 }
 
 /* Targets whose provider has no such endpoint are left out of the order (a model mixing
@@ -88,6 +123,7 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
 {
     struct proxy *p = calloc(1, sizeof *p);
     if (!p) {
+        __atomic_sub_fetch(&r->w->srv->inflight_slots, 1, __ATOMIC_SEQ_CST);
         json_decref(body);
         request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
                      OUTCOME_REJECTED);
@@ -113,7 +149,7 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     p->fail_code = "no_healthy_upstream";
     snprintf(p->fail_msg, sizeof p->fail_msg, "no healthy upstream for model %s", m->name);
     r->proxy = p;
-    r->w->inflight++;
+    r->w->inflight++;           /* the process-wide slot was taken by the caller */
     attempt(p);
     return 0;
 }
@@ -121,10 +157,12 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
 int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
 {
     struct worker *w = r->w;
+    struct server *s = w->srv;
     const struct conf_limits *l = &w->conf->limits;
-    if (w->inflight < per_worker(l->max_inflight, w))
+    if (!w->queue_head && slot_take(s, l->max_inflight))
         return proxy_begin(r, body, m);
-    if (w->queued >= (l->queue ? per_worker(l->queue, w) : 0)) {
+    if (__atomic_add_fetch(&s->queued_total, 1, __ATOMIC_SEQ_CST) > l->queue) {
+        __atomic_sub_fetch(&s->queued_total, 1, __ATOMIC_SEQ_CST);
         json_decref(body);
         r->retry_after_s = 1;
         request_fail(r, 503, "server_error", "overloaded",
@@ -141,7 +179,8 @@ int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
     else
         w->queue_head = r;
     w->queue_tail = r;
-    w->queued++;
+    __atomic_add_fetch(&w->queued, 1, __ATOMIC_RELAXED);
+    ev_prepare_start(w->loop, &w->admit);   /* a slot may have freed meanwhile */
     return 0;
 }
 
@@ -160,7 +199,8 @@ void proxy_unqueue(struct request *r)
         w->queue_tail = r->qprev;
     r->queued = false;
     r->qnext = r->qprev = NULL;
-    w->queued--;
+    __atomic_sub_fetch(&w->queued, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&w->srv->queued_total, 1, __ATOMIC_SEQ_CST);
     json_decref(r->qbody);
     r->qbody = NULL;
 }
@@ -169,8 +209,7 @@ void proxy_unqueue(struct request *r)
 static void on_admit(struct ev_loop *loop, ev_prepare *pw, int revents)
 {
     struct worker *w = pw->data;
-    unsigned cap = per_worker(w->conf->limits.max_inflight, w);
-    while (w->queue_head && w->inflight < cap) {
+    while (w->queue_head && slot_take(w->srv, w->conf->limits.max_inflight)) {
         struct request *r = w->queue_head;
         json_t *body = r->qbody;
         const struct conf_model *m = r->qmodel;
@@ -182,10 +221,20 @@ static void on_admit(struct ev_loop *loop, ev_prepare *pw, int revents)
         ev_prepare_stop(loop, pw);
 }
 
+static void on_admit_wake(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct worker *w = a->data;
+    if (w->queue_head)
+        ev_prepare_start(loop, &w->admit);
+}
+
 void proxy_worker_init(struct worker *w)
 {
     ev_prepare_init(&w->admit, on_admit);
     w->admit.data = w;
+    ev_async_init(&w->admit_wake, on_admit_wake);
+    w->admit_wake.data = w;
+    ev_async_start(w->loop, &w->admit_wake);
 }
 
 /* The attempt that answered is charged to the request (cost_charge): its usage, or an

@@ -11,6 +11,8 @@
 #include "upstream/route.h"
 
 /* One upstream call and what it has received. A free slot has call == NULL. */
+struct state_hold;
+
 struct attempt {
     struct proxy *p;
     struct call *call;
@@ -25,7 +27,7 @@ struct attempt {
     int pair;                       /* the target's metric labels (metrics_labels_pair) */
     bool probe;                     /* the half-open breaker's single probe */
     bool hedge;                     /* started by the hedge timer: holds an extra slot */
-    bool key_charged;               /* the hedge holds one of its key's slots */
+    struct state_hold *key_hold;    /* the hedge's own take of its key's limits, or NULL */
     enum hedge_outcome hedge_outcome;   /* what to count when a hedge attempt ends */
     size_t sent_bytes;              /* of its body: the prompt estimate when usage is missing */
     long events;                    /* stream events relayed: the completion estimate */
@@ -61,6 +63,9 @@ struct proxy {
 };
 
 /* proxy.c: starts a call for target t in slot a; -1 when t can't take the request. */
+/* One process-wide limits.max_inflight slot more (a hedge), and its return. */
+bool proxy_slot_take(struct worker *w);
+void proxy_slot_give(struct worker *w);
 int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t, bool probe);
 /* Ends a's call early (a loser, or the request ended) and releases what it held. */
 void proxy_attempt_cancel(struct attempt *a, enum abort_reason why);

@@ -170,6 +170,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv)
         rd->last_reply = ev_now(rd->loop);
     if (c->cb)
         cmd_finish(c, r, r ? NULL : rd->closing ? "shutting down" : "connection lost");
+    cmd_unlink(c);              /* a command sent without a callback is still linked */
     free(c);
 }
 
@@ -178,8 +179,9 @@ static void drop_link(struct redis *rd, const char *why)
     redisAsyncContext *ac = rd->ac;
     if (!ac)
         return;
-    redisAsyncFree(ac);         /* fails pending replies; deferred when inside a callback */
+    /* Down first, so callbacks run by the free below see no link to send on. */
     link_down(rd, ac, why);
+    redisAsyncFree(ac);         /* fails pending replies; deferred when inside a callback */
 }
 
 static void on_cmd_timeout(struct ev_loop *loop, ev_timer *t, int revents)

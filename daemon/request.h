@@ -87,7 +87,9 @@ struct request {
     json_t *qbody;                      /* the body it will start with, while queued */
     const struct conf_model *qmodel;
     bool queued;
-    bool key_slot;                      /* holds one of its key's concurrency slots */
+    struct keylimit *keylimit;          /* its key's admission and what it holds (keylimit.c) */
+    bool wait_for_key;                  /* waits for its key's slot within its deadline instead
+                                         * of a 429 (gather items, jobs) */
     struct trace *trace;                /* its trace context and span; NULL: tracing off */
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */

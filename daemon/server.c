@@ -15,8 +15,8 @@
 #include "common/log.h"
 #include "daemon/conn.h"
 #include "daemon/jobs.h"
-#include "daemon/keylimit.h"
 #include "daemon/metrics_labels.h"
+#include "daemon/state.h"
 #include "daemon/proxy.h"
 
 #define ACCEPTS_PER_EVENT 64        /* fairness between listeners and other work */
@@ -239,6 +239,8 @@ static int worker_init(struct worker *w)
     if (!w->engine || watch_listeners(w) < 0 || jobs_worker_init(w) < 0)
         return -1;
     proxy_worker_init(w);
+    if (!(w->state = state_link_new(w->srv->state, w->loop, w->id, &w->m.state_errors)))
+        return -1;
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
@@ -276,6 +278,11 @@ int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_
     s->main_loop = main_loop;
     s->main_wake = main_wake;
     pthread_mutex_init(&s->lock, NULL);
+    char err[256];
+    if (!(s->state = state_new(c, err, sizeof err))) {
+        log_error("state: %s", err);
+        return -1;
+    }
     for (unsigned i = 0; i < nworkers; i++) {
         struct worker *w = &s->workers[i];
         w->id = i;
@@ -308,6 +315,9 @@ void server_reload(struct server *s, struct conf *c)
         return;
     }
     metrics_labels_attach(s->labels, c);    /* before any worker can see c */
+    if (state_differs(s->state, c))
+        log_warn("reload: state: takes effect at restart (the keys' limits keep the backend "
+                 "and settings they started with)");
     pthread_mutex_lock(&s->lock);
     conf_unref(s->current);
     s->current = c;
@@ -375,14 +385,15 @@ void server_free(struct server *s)
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         jobs_worker_free(w);
+        state_link_free(w->state);     /* before its loop goes */
         engine_free(w->engine);
         if (w->loop)
             ev_loop_destroy(w->loop);
         free(w->accept_io);
         conf_unref(w->conf);
-        keylimit_free_all(w);
     }
     free(s->workers);
+    state_free(s->state);
     server_close_listeners(s);
     if (s->current)
         conf_unref(s->current);

@@ -16,10 +16,12 @@
 
 struct conn;
 struct server;
-struct key_state;
 struct metrics_registry;
 struct jobs_worker;
 struct jobs_store;
+struct keylimit;
+struct state;
+struct state_link;
 
 struct worker {
     unsigned id;
@@ -41,15 +43,17 @@ struct worker {
     bool exited;                    /* atomic: the thread's loop returned */
     struct conn *conns;             /* all open connections (doubly linked) */
     unsigned nconns;
-    unsigned inflight;              /* requests holding an upstream slot (limits.max_inflight) */
+    unsigned inflight;              /* of the process-wide limits.max_inflight slots, held here */
     struct request *queue_head;     /* waiting for a slot, FIFO (limits.queue) */
     struct request *queue_tail;
-    unsigned queued;
+    unsigned queued;                /* atomic: read by other workers */
     ev_prepare admit;               /* starts queued requests, outside anyone's callback */
+    ev_async admit_wake;            /* another worker freed an in-flight slot */
     bool draining, accepting;
     uint32_t rng;
-    struct key_state *keys;         /* keylimit.c: per-key rate and concurrency state */
     struct jobs_worker *jobs;       /* jobs_run.c: jobs running here, the store's inbox wake */
+    struct state_link *state;       /* limit state: this worker's Redis link, if any */
+    struct keylimit *key_waiters;   /* requests waiting for a key's slot (keylimit.c) */
     struct metrics m;
 };
 
@@ -67,11 +71,14 @@ struct server {
     bool listen_inherited;          /* from systemd: never closed or unlinked by us */
     pthread_mutex_t lock;           /* guards current and the flags below */
     struct conf *current;           /* the snapshot workers pick up on wake */
+    struct state *state;            /* per-key limit state, whole process (state.h) */
     ev_async *main_wake;            /* worker → main: a worker exited */
     struct ev_loop *main_loop;
     unsigned conf_generation;
     bool drain, stop_now;
     unsigned stopped_accepting;     /* atomic: workers whose accept watchers are stopped */
+    unsigned inflight_slots;        /* atomic: limits.max_inflight slots taken, all workers */
+    unsigned queued_total;          /* atomic: requests queued for a slot, all workers */
     uint64_t reloads_ok, reloads_failed;
     int ready;
     struct metrics_registry *labels;    /* labelled counters; every snapshot gets an index */

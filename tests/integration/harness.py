@@ -87,26 +87,52 @@ class Mock:
 
 
 class RedisServer:
-    """A real redis-server on a free 127.0.0.1 port with its own temporary directory, stopped
-    by PID. stop() then start() again brings it back on the same port (Redis "killed mid-run")."""
+    """A real redis-server (Debian package) on a free 127.0.0.1 port with its own temporary
+    directory, stopped by PID. stop() then start() again brings it back on the same port (Redis
+    "killed mid-run"); with persist (the default) its data survives that, as with AOF on disk."""
 
-    def __init__(self):
+    def __init__(self, password=None, persist=True):
         self.port = free_port()
+        self.password = password
+        self.persist = persist
         self.dir = tempfile.mkdtemp(prefix="llmux-redis-")
         self.proc = None
         self.start()
 
-    def start(self):
-        self.log = open(os.path.join(self.dir, "redis.log"), "a")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "yes", "--protected-mode", "no"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        wait_port(self.port, self.proc)
-
     @property
     def url(self):
-        return "redis://127.0.0.1:%d/0" % self.port
+        auth = ":%s@" % self.password if self.password else ""
+        return "redis://%s127.0.0.1:%d/0" % (auth, self.port)
+
+    def start(self):
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.dir, "--save", "", "--protected-mode", "no",
+                "--appendonly", "yes" if self.persist else "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.log = open(os.path.join(self.dir, "redis.log"), "a")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, self.proc)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self, *args, db=0):
+        """One command over RESP on a new connection (database db); its reply, decoded."""
+        parts = []
+        if self.password:
+            parts.append(["AUTH", self.password])
+        parts.append(["SELECT", str(db)])
+        parts.append([str(a) for a in args])
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            f = s.makefile("rb")
+            reply = None
+            for p in parts:
+                msg = "*%d\r\n" % len(p) + "".join("$%d\r\n%s\r\n" % (len(a.encode()), a)
+                                                  for a in p)
+                s.sendall(msg.encode())
+                reply = _resp_read(f)
+            return reply
 
     def stop(self, kill=False):
         if self.proc and self.proc.poll() is None:
@@ -117,6 +143,28 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+    def kill(self):
+        """As a crash would: SIGKILL, no goodbye to the clients."""
+        self.stop(kill=True)
+
+
+def _resp_read(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind in (b"+", b"-"):
+        return rest.decode()
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        return f.read(n + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise RuntimeError("bad RESP line %r" % line)
 
 
 DEFAULT_CONFIG = """
