@@ -4,9 +4,11 @@
 #include "upstream/provider.h"
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 extern const struct codec_ops codec_openai;
@@ -65,8 +67,9 @@ json_t *anthropic_error(int status, const char *message)
 int codec_splice_model(json_t *body, const struct buf *raw, const char *model, struct buf *out,
                        char *err, size_t errlen)
 {
-    size_t start, end;
-    if (raw && raw->len && json_scan_member(raw->data, raw->len, "model", &start, &end) == 0) {
+    struct json_pick pk[] = {{"model", 0, 0, false}};     /* found as the router found it */
+    if (raw && raw->len && json_scan_pick(raw->data, raw->len, pk, 1) == 0 && pk[0].found) {
+        size_t start = pk[0].start, end = pk[0].end;
         if (buf_reserve(out, raw->len + strlen(model) + 16) == 0) {
             buf_append(out, raw->data, start);
             buf_puts(out, "\"");
@@ -76,12 +79,24 @@ int codec_splice_model(json_t *body, const struct buf *raw, const char *model, s
             return 0;
         }
     }
-    /* No text at hand (a gather item): written with the client's numbers kept (json_write) */
-    int rc = json_object_set_new(body, "model", json_string(model)) == 0
+    /* No text at hand: written with the client's numbers kept (json_write) */
+    int rc = body && json_object_set_new(body, "model", json_string(model)) == 0
                  ? json_write(body, out) : -1;
     if (rc < 0)
         snprintf(err, errlen, "out of memory");
     return rc;
+}
+
+json_t *codec_tree(json_t *body, const struct buf *raw, char *err, size_t errlen, int *rc)
+{
+    int over = 0;
+    json_t *tree = body ? json_incref(body)
+                        : json_valid_load(raw ? raw->data : NULL, raw ? raw->len : 0, 0, &over);
+    *rc = tree ? 0 : over ? CODEC_OVER_BUDGET : -1;
+    if (!tree)
+        snprintf(err, errlen, over ? "the body has too many JSON values for its size to be "
+                 "translated for this model's upstream" : "the body is not a JSON object");
+    return tree;
 }
 
 int codec_sse_frame(struct buf *out, const char *event, size_t elen, const char *data,
@@ -99,29 +114,53 @@ json_t *openai_error(const char *message, const char *type, const char *param, c
                      "param", param, "code", code);
 }
 
-void openai_usage(const json_t *obj, long *prompt, long *completion)
+int usage_take(const json_t *v, long *out)
 {
-    json_t *u = json_object_get(obj, "usage");
-    if (!json_is_object(u))
-        return;
-    json_t *p = json_object_get(u, "prompt_tokens"), *c = json_object_get(u, "completion_tokens");
-    if (!p && !c) {     /* Anthropic messages and OpenAI responses name them otherwise */
-        p = json_object_get(u, "input_tokens");
-        c = json_object_get(u, "output_tokens");
-    }
-    if (json_is_integer(p))
-        *prompt += (long)json_integer_value(p);
-    if (json_is_integer(c))
-        *completion += (long)json_integer_value(c);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > USAGE_MAX)
+        return -1;
+    *out = (long)json_integer_value(v);
+    return 1;
 }
 
-void openai_usage_text(const char *body, size_t len, long *prompt, long *completion)
+long usage_add(long a, long b)
+{
+    long s;
+    return __builtin_add_overflow(a, b, &s) ? (b < 0 ? LONG_MIN : LONG_MAX) : s;
+}
+
+unsigned openai_usage(const json_t *obj, long *prompt, long *completion)
+{
+    json_t *u = json_object_get(obj, "usage");
+    long v;
+    unsigned bad = 0;
+    if (!json_is_object(u))
+        return 0;
+    json_t *pt = json_object_get(u, "prompt_tokens"), *ct = json_object_get(u, "completion_tokens");
+    if (!pt && !ct) {     /* Anthropic messages and OpenAI responses name them otherwise */
+        pt = json_object_get(u, "input_tokens");
+        ct = json_object_get(u, "output_tokens");
+    }
+    int rc = usage_take(pt, &v);
+    if (rc > 0)
+        *prompt = usage_add(*prompt, v);
+    bad += rc < 0;
+    rc = usage_take(ct, &v);
+    if (rc > 0)
+        *completion = usage_add(*completion, v);
+    bad += rc < 0;
+    return bad;
+}
+
+unsigned openai_usage_text(const char *body, size_t len, long *prompt, long *completion)
 {
     size_t start, end;
     if (json_scan_member(body, len, "usage", &start, &end) < 0)
-        return;
-    json_t *u = json_loadb(body + start, end - start, 0, NULL);
+        return 0;
+    json_t *u = json_valid_load(body + start, end - start, 0, NULL);
     json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
-    openai_usage(wrap, prompt, completion);
+    unsigned bad = openai_usage(wrap, prompt, completion);
     json_decref(wrap);
+    return bad;
 }

@@ -10,7 +10,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/json_valid.h"
 #include "common/json_write.h"
+#include "upstream/provider.h"
 
 /* Bytes of an unrecognised upstream body quoted back in an error message: enough to tell an
  * HTML proxy page from a truncated JSON body, too little to relay a whole document. */
@@ -19,6 +21,7 @@
 
 static const char *dec_finish(const char *stop_reason);
 static long dec_prompt_tokens(const json_t *usage);
+static long dec_output_tokens(const json_t *usage);
 static json_t *dec_usage(long prompt, long completion);
 static json_t *err_json(const char *msg, const char *type, const char *code);
 static json_t *err_from_doc(const json_t *doc);
@@ -78,9 +81,7 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *model)
                     "model", model ? model : "",
                     "choices", "index", 0, "message", message, "finish_reason",
                     dec_finish(json_string_value(json_object_get(msg, "stop_reason"))),
-                    "usage", dec_usage(dec_prompt_tokens(usage),
-                                       (long)json_integer_value(json_object_get(usage,
-                                                                                "output_tokens"))));
+                    "usage", dec_usage(dec_prompt_tokens(usage), dec_output_tokens(usage)));
 done:
     json_decref(message);
     json_decref(calls);
@@ -106,15 +107,37 @@ static const char *dec_finish(const char *stop_reason)
  * includes them, and that is what a client compares against its own accounting. */
 static long dec_prompt_tokens(const json_t *usage)
 {
-    return (long)(json_integer_value(json_object_get(usage, "input_tokens")) +
-                  json_integer_value(json_object_get(usage, "cache_read_input_tokens")) +
-                  json_integer_value(json_object_get(usage, "cache_creation_input_tokens")));
+    static const char *const parts[] = {"input_tokens", "cache_read_input_tokens",
+                                        "cache_creation_input_tokens"};
+    long sum = 0, v;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (usage_take(json_object_get(usage, parts[i]), &v) > 0)
+            sum = usage_add(sum, v);
+    return sum;
+}
+
+static long dec_output_tokens(const json_t *usage)
+{
+    long v = 0;
+    return usage_take(json_object_get(usage, "output_tokens"), &v) > 0 ? v : 0;
+}
+
+unsigned anthropic_usage_check(const json_t *usage)
+{
+    static const char *const names[] = {"input_tokens", "cache_read_input_tokens",
+                                        "cache_creation_input_tokens", "output_tokens"};
+    unsigned bad = 0;
+    long v;
+    for (size_t i = 0; json_is_object(usage) && i < sizeof names / sizeof *names; i++)
+        bad += usage_take(json_object_get(usage, names[i]), &v) < 0;
+    return bad;
 }
 
 static json_t *dec_usage(long prompt, long completion)
 {
     return json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)prompt, "completion_tokens",
-                     (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion));
+                     (json_int_t)completion, "total_tokens",
+                     (json_int_t)usage_add(prompt, completion));
 }
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -138,7 +161,7 @@ static const struct err_kind {
 
 json_t *anthropic_decode_error(long status, const char *body, size_t len)
 {
-    json_t *doc = body && len ? json_loadb(body, len, 0, NULL) : NULL;
+    json_t *doc = body && len ? json_valid_load(body, len, 0, NULL) : NULL;
     json_t *res = err_from_doc(doc);
     json_decref(doc);
     return res ? res : err_generic(status, body, len);
@@ -215,7 +238,7 @@ void anthropic_stream_free(struct anthropic_stream *s)
 int anthropic_stream_event(struct anthropic_stream *s, const char *event, size_t elen,
                            const char *data, size_t dlen, struct buf *out)
 {
-    json_t *doc = json_loadb(data ? data : "", dlen, 0, NULL);
+    json_t *doc = json_valid_load(data ? data : "", dlen, 0, NULL);
     json_t *err = NULL;
     const char *type = json_string_value(json_object_get(doc, "type"));
     if (elen == 0 && type) {
@@ -263,7 +286,8 @@ static int stream_message_start(struct anthropic_stream *s, const json_t *doc, s
     }
     const json_t *u = json_object_get(m, "usage");
     s->prompt_tokens = dec_prompt_tokens(u);
-    s->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+    s->completion_tokens = dec_output_tokens(u);
+    s->usage_invalid += anthropic_usage_check(u);
     return stream_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL,
                         NULL, out);
 }
@@ -323,7 +347,8 @@ static int stream_message_delta(struct anthropic_stream *s, const json_t *doc, s
     if (json_is_integer(json_object_get(u, "input_tokens")))
         s->prompt_tokens = dec_prompt_tokens(u);
     if (json_is_integer(json_object_get(u, "output_tokens")))
-        s->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+        s->completion_tokens = dec_output_tokens(u);
+    s->usage_invalid += anthropic_usage_check(u);
     const char *finish = dec_finish(json_string_value(json_object_get(d, "stop_reason")));
     return stream_chunk(s, json_object(), finish,
                         dec_usage(s->prompt_tokens, s->completion_tokens), out);

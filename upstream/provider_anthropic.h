@@ -33,10 +33,13 @@ struct anthropic_stream {
                                  * else the model asked for */
     long created;
     long prompt_tokens, completion_tokens;
+    unsigned usage_invalid;     /* usage numbers refused (see usage_take) */
     int tool_calls;             /* tool_use blocks started: OpenAI's tool_calls[].index */
     bool done;                  /* message_stop seen */
 };
 
+/* How many of the usage counts present are invalid (ignored by the decoders). */
+unsigned anthropic_usage_check(const json_t *usage);
 void anthropic_stream_init(struct anthropic_stream *s, const char *model, long created);
 /* One Anthropic SSE event → zero or more OpenAI frames appended to out, each exactly
  * "data: {chat.completion.chunk}\n\n"; after message_stop also "data: [DONE]\n\n".

@@ -5,8 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/json_write.h"
 #include "common/json_scan.h"
+#include "common/json_valid.h"
+#include "common/json_write.h"
 #include "upstream/provider.h"
 
 static const char *anthropic_path(enum endpoint ep)
@@ -24,9 +25,14 @@ static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *ra
 {
     if (ep != EP_CHAT)
         return codec_splice_model(body, raw, model, out, err, errlen);
-    json_t *msg = anthropic_encode_chat(body, model, default_max_tokens, err, errlen, param,
+    int rc;
+    json_t *tree = codec_tree(body, raw, err, errlen, &rc);
+    if (!tree)
+        return rc;
+    json_t *msg = anthropic_encode_chat(tree, model, default_max_tokens, err, errlen, param,
                                         paramlen);
-    int rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
+    json_decref(tree);      /* the tree lives only while the upstream's bytes are made */
+    rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
     json_decref(msg);
     return rc;
 }
@@ -52,23 +58,27 @@ static struct curl_slist *anthropic_auth(const struct codec *c, const struct con
 /* input_tokens leaves out cached prompt tokens; the gateway's prompt count includes them. */
 static void relay_usage(struct codec *c, const json_t *u, bool with_output)
 {
+    static const char *const parts[] = {"input_tokens", "cache_read_input_tokens",
+                                        "cache_creation_input_tokens"};
+    long sum = 0, v;
     if (!json_is_object(u))
         return;
-    c->prompt_tokens = (long)(json_integer_value(json_object_get(u, "input_tokens")) +
-                              json_integer_value(json_object_get(u, "cache_read_input_tokens")) +
-                              json_integer_value(json_object_get(u,
-                                                                 "cache_creation_input_tokens")));
-    if (with_output)
-        c->completion_tokens = (long)json_integer_value(json_object_get(u, "output_tokens"));
+    c->usage_invalid += anthropic_usage_check(u);
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (usage_take(json_object_get(u, parts[i]), &v) > 0)
+            sum = usage_add(sum, v);
+    c->prompt_tokens = sum;
+    if (with_output && usage_take(json_object_get(u, "output_tokens"), &v) > 0)
+        c->completion_tokens = v;
 }
 
 static int relay_body(struct codec *c, enum endpoint ep, const char *in, size_t len)
 {
     size_t start, end;
-    if (json_scan_object(in, len) < 0)
+    if (json_valid_object(in, len) < 0)
         return -1;
     if (ep == EP_MESSAGES && json_scan_member(in, len, "usage", &start, &end) == 0) {
-        json_t *u = json_loadb(in + start, end - start, 0, NULL);
+        json_t *u = json_valid_load(in + start, end - start, 0, NULL);
         relay_usage(c, u, true);
         json_decref(u);
     }
@@ -80,12 +90,13 @@ static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, siz
 {
     if (ep != EP_CHAT)
         return relay_body(c, ep, in, len);
-    json_t *msg = json_loadb(in, len, 0, NULL);
+    json_t *msg = json_valid_load(in, len, 0, NULL);
     json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->model) : NULL;
+    c->usage_invalid += anthropic_usage_check(json_object_get(msg, "usage"));
     json_decref(msg);
     if (!oa)
         return -1;
-    openai_usage(oa, &c->prompt_tokens, &c->completion_tokens);
+    openai_usage(oa, &c->prompt_tokens, &c->completion_tokens);     /* checked above */
     int rc = json_write(oa, out);
     json_decref(oa);
     return rc;
@@ -108,7 +119,7 @@ static int relay_event(struct codec *c, const char *event, size_t elen, const ch
         return -1;
     }
     if (start || delta) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
         if (!json_is_object(j)) {
             json_decref(j);
             buf_reset(out);
@@ -137,6 +148,7 @@ static int anthropic_event(struct codec *c, const char *event, size_t elen, cons
     c->stream_done = c->anthropic.done;
     c->prompt_tokens = c->anthropic.prompt_tokens;
     c->completion_tokens = c->anthropic.completion_tokens;
+    c->usage_invalid = c->anthropic.usage_invalid;
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_valid.h"
 #include "upstream/provider.h"
 
 static json_t *dec_load(const char *p, size_t n);
@@ -37,7 +38,14 @@ const char *messages_stop_reason(const char *finish_reason)
 /* The one place this direction builds trees from upstream text. */
 static json_t *dec_load(const char *p, size_t n)
 {
-    return json_loadb(p ? p : "", n, 0, NULL);
+    return json_valid_load(p ? p : "", n, 0, NULL);     /* validated and priced first */
+}
+
+/* A token count as usage_take reads it; anything invalid counts as 0. */
+static long dec_count(const json_t *v)
+{
+    long n = 0;
+    return usage_take(v, &n) > 0 ? n : 0;
 }
 
 int messages_from_completion(const char *in, size_t len, const char *model,
@@ -106,14 +114,14 @@ static json_t *dec_content(const json_t *message)
 /* OpenAI's prompt_tokens includes cached tokens; Anthropic counts them apart. */
 static json_t *dec_usage(const json_t *usage, long *prompt, long *completion)
 {
-    long p = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
-    long c = (long)json_integer_value(json_object_get(usage, "completion_tokens"));
-    long cached = (long)json_integer_value(json_object_get(json_object_get(usage,
-                                          "prompt_tokens_details"), "cached_tokens"));
-    if (cached < 0 || cached > p)
+    long p = dec_count(json_object_get(usage, "prompt_tokens"));
+    long c = dec_count(json_object_get(usage, "completion_tokens"));
+    long cached = dec_count(json_object_get(json_object_get(usage, "prompt_tokens_details"),
+                                            "cached_tokens"));
+    if (cached > p)
         cached = 0;
-    *prompt += p;
-    *completion += c;
+    *prompt = usage_add(*prompt, p);
+    *completion = usage_add(*completion, c);
     json_t *u = json_pack("{s:I,s:I}", "input_tokens", (json_int_t)(p - cached),
                           "output_tokens", (json_int_t)c);
     if (u && cached)
@@ -255,11 +263,11 @@ static void on_usage(struct messages_stream *s, const json_t *u)
 {
     if (!json_is_object(u))
         return;
-    s->prompt_tokens = (long)json_integer_value(json_object_get(u, "prompt_tokens"));
-    s->completion_tokens = (long)json_integer_value(json_object_get(u, "completion_tokens"));
-    s->cached_tokens = (long)json_integer_value(json_object_get(json_object_get(u,
-                                               "prompt_tokens_details"), "cached_tokens"));
-    if (s->cached_tokens < 0 || s->cached_tokens > s->prompt_tokens)
+    s->prompt_tokens = dec_count(json_object_get(u, "prompt_tokens"));
+    s->completion_tokens = dec_count(json_object_get(u, "completion_tokens"));
+    s->cached_tokens = dec_count(json_object_get(json_object_get(u, "prompt_tokens_details"),
+                                                 "cached_tokens"));
+    if (s->cached_tokens > s->prompt_tokens)
         s->cached_tokens = 0;
 }
 

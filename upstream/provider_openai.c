@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 #include "common/json_write.h"
 #include "upstream/provider.h"
 
@@ -27,8 +28,13 @@ static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
 {
     if (ep != EP_MESSAGES)
         return codec_splice_model(body, raw, model, out, err, errlen);
-    json_t *chat = messages_to_chat(body, model, err, errlen, param, paramlen);
-    int rc = chat ? json_write(chat, out) : -1;   /* numbers as the client wrote them */
+    int rc;
+    json_t *tree = codec_tree(body, raw, err, errlen, &rc);
+    if (!tree)
+        return rc;
+    json_t *chat = messages_to_chat(tree, model, err, errlen, param, paramlen);
+    json_decref(tree);      /* the tree lives only while the upstream's bytes are made */
+    rc = chat ? json_write(chat, out) : -1;   /* numbers as the client wrote them */
     if (chat && rc < 0)
         snprintf(err, errlen, "out of memory");
     json_decref(chat);
@@ -53,11 +59,11 @@ static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in,
     if (ep == EP_MESSAGES)
         return messages_from_completion(in, len, c->model, out, &c->prompt_tokens,
                                         &c->completion_tokens);
-    /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
-     * cost a fraction of parsing the whole answer. */
-    if (json_scan_object(in, len) < 0)
+    /* Relayed as is after a strict validation (one pass, nothing allocated) and a parse of
+     * `usage` alone: a fraction of the cost of parsing the whole answer. */
+    if (json_valid_object(in, len) < 0)
         return -1;
-    openai_usage_text(in, len, &c->prompt_tokens, &c->completion_tokens);
+    c->usage_invalid += openai_usage_text(in, len, &c->prompt_tokens, &c->completion_tokens);
     return 0;
 }
 
@@ -73,8 +79,9 @@ static int responses_event(struct codec *c, const char *event, size_t elen, cons
         if (elen == strlen(terminal[i]) && !memcmp(event, terminal[i], elen))
             c->stream_done = true;
     if (elen == 18 && !memcmp(event, "response.completed", 18)) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
-        openai_usage(json_object_get(j, "response"), &c->prompt_tokens, &c->completion_tokens);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
+        c->usage_invalid += openai_usage(json_object_get(j, "response"), &c->prompt_tokens,
+                                         &c->completion_tokens);
         json_decref(j);
     }
     if (dlen == 6 && !memcmp(data, "[DONE]", 6))
@@ -100,7 +107,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
     }
     /* Only chunks that carry usage or an error are worth a JSON parse on this hot path. */
     if (memmem(data, dlen, "\"usage\"", 7) || memmem(data, dlen, "\"error\"", 7)) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
         if (!json_is_object(j)) {
             json_decref(j);
             return -1;
@@ -113,7 +120,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
             json_decref(j);
             return -1;
         }
-        openai_usage(j, &c->prompt_tokens, &c->completion_tokens);
+        c->usage_invalid += openai_usage(j, &c->prompt_tokens, &c->completion_tokens);
         json_decref(j);
     }
     if (buf_puts(out, "data: ") < 0 || buf_append(out, data, dlen) < 0)
@@ -123,7 +130,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
 
 static json_t *openai_decode_error(long status, const char *body, size_t len)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *j = json_valid_load(body, len, 0, NULL);
     if (json_is_object(j) && json_is_object(json_object_get(j, "error")))
         return j;       /* already OpenAI-shaped: relayed as it came */
     json_decref(j);

@@ -35,6 +35,8 @@ struct mock_dirs {
     long delay_ms, status, retry_after, stream_n, interval_ms, reset_after, bytes, fail_first;
     long slow_ms, slow_first, slow_pct;  /* wait slow_ms instead of delay: first K / P % */
     bool reset, garbage, stall, tool;
+    bool invalid, echo_head;         /* hostile answers: bad JSON, the request head echoed */
+    int usage;                       /* 0 normal, 1 negative prompt tokens, 2 near 2^62 */
 };
 
 /* What a successful answer says, derived once from the request body. */
@@ -46,6 +48,7 @@ struct mock_reply {
     unsigned long id;
     long created;
     long prompt_tokens, completion_tokens;
+    long cache_read;                 /* Anthropic cache_read_input_tokens, -1 none */
     long inputs;                     /* embeddings: how many vectors */
     long chunks;                     /* content chunks of a stream */
     struct buf model;                /* raw UTF-8 */

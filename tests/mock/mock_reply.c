@@ -136,6 +136,11 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     r->tool = false;
     r->prompt_tokens = (long)len / 4;
     r->completion_tokens = 7;
+    r->cache_read = -1;
+    if (d->usage == 1)
+        r->prompt_tokens = -5;
+    if (d->usage == 2)
+        r->prompt_tokens = r->cache_read = 1L << 62;
     r->chunks = d->stream_n < 1 ? 1 : d->stream_n;
     if (api == MOCK_API_MODELS)
         return 0;
@@ -170,6 +175,10 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
 
 static int body_usage(struct buf *out, const struct mock_reply *r)
 {
+    if (r->api == MOCK_API_MESSAGES && r->cache_read >= 0)
+        return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld,"
+                          "\"cache_read_input_tokens\":%ld}", r->prompt_tokens,
+                          r->completion_tokens, r->cache_read);
     if (r->api == MOCK_API_MESSAGES)
         return buf_printf(out, "\"usage\":{\"input_tokens\":%ld,\"output_tokens\":%ld}",
                           r->prompt_tokens, r->completion_tokens);

@@ -23,6 +23,8 @@ void mock_dirs_init(struct mock_dirs *d)
     d->slow_ms = d->slow_first = d->slow_pct = -1;
     d->stream_n = 3;
     d->reset = d->garbage = d->stall = d->tool = false;
+    d->invalid = d->echo_head = false;
+    d->usage = 0;
 }
 
 static bool dir_char(char c)
@@ -79,6 +81,14 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         d->stall = true;
     else if (klen == 4 && memcmp(k, "tool", 4) == 0)
         d->tool = true;
+    else if (klen == 7 && memcmp(k, "invalid", 7) == 0)
+        d->invalid = true;
+    else if (klen == 9 && memcmp(k, "echo_head", 9) == 0)
+        d->echo_head = true;
+    else if (klen == 9 && memcmp(k, "neg_usage", 9) == 0)
+        d->usage = 1;
+    else if (klen == 10 && memcmp(k, "huge_usage", 10) == 0)
+        d->usage = 2;
 }
 
 static void dirs_parse(struct mock_dirs *d, const char *s, const char *end)
