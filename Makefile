@@ -108,8 +108,8 @@ fuzz: deps
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_conf.c $(CONF_SRC) $(COMMON_SRC) \
 	    -o $(BUILD)/fuzz/fuzz_conf $(PKG_LIBS)
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_messages.c $(wildcard upstream/provider*.c) \
-	    common/buf.c common/json_scan.c common/json_valid.c -o $(BUILD)/fuzz/fuzz_messages \
-	    $(PKG_LIBS)
+	    common/buf.c common/json_scan.c common/json_valid.c common/json_write.c \
+	    -o $(BUILD)/fuzz/fuzz_messages $(PKG_LIBS)
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_json.c common/json_valid.c common/json_scan.c \
 	    -o $(BUILD)/fuzz/fuzz_json $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_http_parser -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
