@@ -1,5 +1,5 @@
 # llmux build. `make` builds everything, `make run` starts the demo, `make test` runs every test,
-# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the HTTP parser briefly.
+# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the parsers briefly.
 CC      ?= cc
 BUILD   ?= build
 PREFIX  ?= /usr/local
@@ -108,7 +108,10 @@ fuzz: deps
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_conf.c $(CONF_SRC) $(COMMON_SRC) \
 	    -o $(BUILD)/fuzz/fuzz_conf $(PKG_LIBS)
 	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_messages.c $(wildcard upstream/provider*.c) \
-	    common/buf.c common/json_scan.c -o $(BUILD)/fuzz/fuzz_messages $(PKG_LIBS)
+	    common/buf.c common/json_scan.c common/json_valid.c common/json_write.c \
+	    -o $(BUILD)/fuzz/fuzz_messages $(PKG_LIBS)
+	$(FUZZ_CC) $(PKG_CFLAGS) tests/fuzz/fuzz_json.c common/json_valid.c common/json_scan.c \
+	    -o $(BUILD)/fuzz/fuzz_json $(PKG_LIBS)
 	$(BUILD)/fuzz/fuzz_http_parser -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    tests/fuzz/corpus
 	$(BUILD)/fuzz/fuzz_sse -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=2048 \
@@ -117,6 +120,8 @@ fuzz: deps
 	    tests/fuzz/corpus-conf
 	$(BUILD)/fuzz/fuzz_messages -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
 	    tests/fuzz/corpus-messages
+	$(BUILD)/fuzz/fuzz_json -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
+	    tests/fuzz/corpus-json
 
 bench: deps
 	@$(MAKE) --no-print-directory all

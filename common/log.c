@@ -63,8 +63,26 @@ static void put_prefix(struct buf *b, enum log_level level)
         buf_printf(b, "%s %-5s", when, level_names[level]);
 }
 
+/* Field values can be the client's (a model name, a path, later a user agent): past
+ * LOG_FIELD_MAX bytes they are cut on a UTF-8 boundary and marked, so no client can write a
+ * megabyte into the log with one request. */
+static const char *field_cut(const char *value, char *tmp)
+{
+    size_t n = strnlen(value, LOG_FIELD_MAX + 1);
+    if (n <= LOG_FIELD_MAX)
+        return value;
+    n = LOG_FIELD_MAX;
+    while (n > 0 && ((unsigned char)value[n] & 0xc0) == 0x80)
+        n--;
+    memcpy(tmp, value, n);
+    memcpy(tmp + n, "\xe2\x80\xa6", 4);          /* "…" and the NUL */
+    return tmp;
+}
+
 static void put_field(struct buf *b, const char *name, const char *value)
 {
+    char tmp[LOG_FIELD_MAX + 4];
+    value = field_cut(value, tmp);
     bool numeric = name[0] == '#';
     if (numeric)
         name++;

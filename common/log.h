@@ -21,6 +21,7 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 /* One structured line: fields are name/value string pairs, ended by NULL. Values are escaped.
  * A value that looks numeric is written unquoted in JSON when num is true for it: pass names
  * prefixed with '#' (e.g. "#status") to mark numeric fields. */
+#define LOG_FIELD_MAX 256       /* bytes of one field's value; longer ones are cut, "…" marked */
 void log_fields(enum log_level level, const char *msg, ...) __attribute__((sentinel));
 
 int log_level_parse(const char *s, enum log_level *out);

@@ -267,6 +267,7 @@ static int conf_defaults(struct conf *c)
     c->health.cooldown_ms = 30000;
     c->gather.max_items = 1000;
     c->gather.max_concurrency = 64;
+    c->gather.max_result_bytes = 32u << 20;
     c->jobs.max_queued = 10000;
     c->jobs.retention_ms = 24ull * 3600 * 1000;
     c->jobs.workers = 64;

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "common/log.h"
 
 enum conf_provider { PROVIDER_OPENAI, PROVIDER_ANTHROPIC };
@@ -99,6 +100,8 @@ struct conf_limits {
     uint64_t send_timeout_ms;       /* default 60s: client reads nothing that long → closed */
     uint64_t stream_high_water;     /* default 64k: pause the upstream above it */
     uint64_t stream_low_water;      /* default 16k: resume below it */
+    uint64_t max_memory;            /* default auto: bodies, answers, gather entries summed */
+    bool max_memory_auto;           /* from the cgroup limit or RAM (conf_memory_auto) */
 };
 
 struct conf {
@@ -128,6 +131,7 @@ struct conf {
     struct {
         unsigned max_items;         /* default 1000 */
         unsigned max_concurrency;   /* default 64 */
+        uint64_t max_result_bytes;  /* default 32m: the answers of one gather, summed */
     } gather;
     struct {
         char *dir;                  /* default /var/lib/llmux/jobs */
@@ -191,6 +195,14 @@ const struct conf_price *conf_find_price(const struct conf *c, const char *model
 /* Two globs some name matches both ways; and a glob's specificity (its literal characters). */
 bool conf_glob_overlap(const char *a, const char *b);
 size_t conf_glob_specificity(const char *glob);
+/* A header whose value is a credential by its name (Authorization, *-Key, *Token…). */
+bool conf_header_is_secret(const char *name);
+/* Replaces every configured upstream secret (api_key values, secret headers' values) in b
+ * with "[redacted]". 0, or -1 out of memory (b is then cut before the first secret). */
+int conf_redact(const struct conf *c, struct buf *b);
+/* limits.max_memory: auto: 3/4 of the cgroup's memory limit when there is one, else half of
+ * the RAM. Reads /sys and /proc: call at load time only, never on an event loop. */
+uint64_t conf_memory_auto(void);
 
 /* Parsers shared with tests: "16k" "4m" "1g" → bytes; "500ms" "30s" "5m" "1h" "2d" → ms. */
 int conf_parse_size(const char *s, uint64_t *out);

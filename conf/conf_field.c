@@ -65,6 +65,17 @@ int conf_field_size(struct conf_ctx *x, const struct ynode *v, const char *path,
     return rc < 0 ? -1 : 0;
 }
 
+/* A size, or "auto" (stored as 0: the caller picks the value). */
+int conf_field_size_auto(struct conf_ctx *x, const struct ynode *v, const char *path,
+                         const struct field *f, void *base)
+{
+    if (v && v->kind == YNODE_SCALAR && v->val && strcmp(v->val, "auto") == 0) {
+        *(uint64_t *)FIELD_AT(base, f->off) = 0;
+        return 0;
+    }
+    return conf_field_size(x, v, path, f, base);
+}
+
 int conf_field_duration(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base)
 {

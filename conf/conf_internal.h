@@ -117,6 +117,8 @@ int conf_field_prices(struct conf_ctx *x, const struct ynode *v, const char *pat
  * base = struct conf_upstream. */
 int conf_field_count(struct conf_ctx *x, const struct ynode *v, const char *path,
                      const struct field *f, void *base);
+int conf_field_size_auto(struct conf_ctx *x, const struct ynode *v, const char *path,
+                         const struct field *f, void *base);
 int conf_field_size(struct conf_ctx *x, const struct ynode *v, const char *path,
                     const struct field *f, void *base);
 int conf_field_duration(struct conf_ctx *x, const struct ynode *v, const char *path,

@@ -530,6 +530,7 @@ static const struct field limits_fields[] = {
     {"send_timeout", conf_field_duration, C(limits.send_timeout_ms), 1, 0, false, NULL, 0},
     {"stream_high_water", conf_field_size, C(limits.stream_high_water), 1, 0, false, NULL, 0},
     {"stream_low_water", conf_field_size, C(limits.stream_low_water), 1, 0, false, NULL, 0},
+    {"max_memory", conf_field_size_auto, C(limits.max_memory), 1, 0, false, NULL, 0},
 };
 
 static const struct field timeouts_fields[] = {
@@ -546,6 +547,7 @@ static const struct field health_fields[] = {
 static const struct field gather_fields[] = {
     {"max_items", conf_field_count, C(gather.max_items), 1, UINT_MAX, false, NULL, 0},
     {"max_concurrency", conf_field_count, C(gather.max_concurrency), 1, UINT_MAX, false, NULL, 0},
+    {"max_result_bytes", conf_field_size, C(gather.max_result_bytes), 1, 0, false, NULL, 0},
 };
 
 static const struct field jobs_fields[] = {
@@ -607,6 +609,10 @@ static int cross_check(struct conf_ctx *x, const struct ynode *root)
                          duration_text(ynode_get(t, "default"), c->timeouts.default_ms, d,
                                        sizeof(d)),
                          duration_text(ynode_get(t, "max"), c->timeouts.max_ms, m, sizeof(m)));
+    if (c->limits.max_memory == 0) {
+        x->c->limits.max_memory_auto = true;
+        x->c->limits.max_memory = conf_memory_auto();
+    }
     if (c->limits.stream_low_water >= c->limits.stream_high_water)
         return conf_fail(x, blame(root, "limits", "stream_low_water"), "limits.stream_low_water",
                          "%llu bytes must be below limits.stream_high_water (%llu bytes)",

@@ -46,6 +46,7 @@ struct conn {
     char peer[REQUEST_CLIENT_MAX];  /* "addr:port", "[v6]:port" or "unix" */
     bool anthropic_errors;      /* the request being read is for /v1/messages*: conn_error
                                  * answers in Anthropic's error shape */
+    bool fresh;                     /* no head yet since accept: header_timeout runs from then */
 };
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents);
@@ -141,7 +142,11 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer, socklen_
     w->nconns++;
     METRIC_INC(w->m.conns_open);
     METRIC_INC(w->m.conns_accepted);
+    /* A connection that says nothing must not hold a slot for idle_timeout: header_timeout
+     * runs from accept until its first head is complete (slow bytes don't re-arm it). */
     enter(c, CONN_IDLE);
+    c->fresh = true;
+    set_timer(c, limits(c)->header_timeout_ms);
     reading(c, true);
 }
 
@@ -293,8 +298,9 @@ static void sink_stream_start(struct request *r, int status)
     struct conn *c = r->owner;
     struct buf h = BUF_INIT;
     put_head(c, &h, status, r);
-    buf_puts(&h, "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                 "X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n");
+    buf_printf(&h, "Content-Type: %s\r\nCache-Control: no-cache\r\n"
+               "X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n",
+               r->content_type ? r->content_type : "text/event-stream");
     queue(c, h.data, h.len);
     buf_free(&h);
 }
@@ -431,7 +437,9 @@ static void conn_process(struct conn *c)
         int n = http_parse_head(c->in.data, c->in.len, &lim, &head, &status);
         c->anthropic_errors = head.path.len >= 12 && !memcmp(head.path.p, "/v1/messages", 12);
         if (n == -2) {
-            if (c->state == CONN_IDLE && c->in.len)
+            if (c->state == CONN_IDLE && c->in.len && c->fresh)
+                c->state = CONN_HEAD;       /* the timer since accept keeps running */
+            else if (c->state == CONN_IDLE && c->in.len)
                 enter(c, CONN_HEAD);
             return;
         }
@@ -439,6 +447,7 @@ static void conn_process(struct conn *c)
             conn_error(c, status, parse_error_message(status));
             return;
         }
+        c->fresh = false;
         c->head_len = (size_t)n;
         c->body_len = head.content_length > 0 ? (uint64_t)head.content_length : 0;
         c->chunked_body = head.chunked;

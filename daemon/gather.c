@@ -9,43 +9,14 @@
 #include <string.h>
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 #include "daemon/cost.h"
+#include "daemon/gather_internal.h"
 #include "daemon/router.h"
 #include "daemon/trace.h"
 #include "daemon/worker.h"
 
 #define GATHER_TRIM_ITEMS 256
-
-enum gather_mode { MODE_ALL, MODE_FIRST };
-
-struct gather_item {
-    struct request *req;        /* NULL until started */
-    json_t *body;               /* until started */
-    enum endpoint ep;
-    struct buf entry;           /* {"index","status","response"|"error"} as JSON text, once
-                                 * done: answers are spliced in as they came, never re-parsed */
-    size_t value_off, value_len;    /* the response or error object inside entry */
-    int status;
-    bool done;
-};
-
-struct gather {
-    struct request *parent;
-    struct gather_item *items;
-    size_t n, next, ndone, succeeded, failed;
-    unsigned running, max_concurrency;
-    enum gather_mode mode;
-    bool return_exceptions, stream, advancing, finished;
-    bool timed;                 /* the timeout timer is set */
-    uint64_t item_timeout_ms;
-    struct usage usage;         /* summed over the items, estimates included */
-    double cost_usd;
-    bool priced;                /* some item had a price */
-    ev_timer timeout;           /* the gather's own timeout_ms */
-    ssize_t failure;            /* index of the fail-fast failure, -1 none */
-    ssize_t winner;             /* mode first: index of the winner, -1 none */
-    ssize_t last_failed;        /* the item that failed last in time, -1 none */
-};
 
 static void item_respond(struct request *r, int status, const char *body, size_t len);
 static void item_stream_start(struct request *r, int status) {}
@@ -53,240 +24,145 @@ static bool item_stream_data(struct request *r, const char *p, size_t n) { retur
 static void item_stream_end(struct request *r, bool complete) {}
 static void item_ended(struct request *r);
 static void advance(struct gather *g);
+static void put_summary(struct gather *g, struct buf *out);
 
 static const struct sink_ops item_sink = {
     item_respond, item_stream_start, item_stream_data, item_stream_end, item_ended,
 };
 
-static void fail400(struct request *r, const char *param, const char *msg)
-{
-    request_fail(r, 400, "invalid_request_error", "invalid_gather", param, msg,
-                 OUTCOME_REJECTED);
-}
-
-/* Reads an optional non-negative integer option; -1 on a wrong type (already answered). */
-static int opt_uint(struct request *r, json_t *body, const char *name, uint64_t *out)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "%s must be a non-negative integer", name);
-        fail400(r, name, msg);
-        return -1;
-    }
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-}
-
-static int opt_bool(struct request *r, json_t *body, const char *name, bool *out)
-{
-    json_t *v = json_object_get(body, name);
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_boolean(v)) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "%s must be a boolean", name);
-        fail400(r, name, msg);
-        return -1;
-    }
-    *out = json_is_true(v);
-    return 0;
-}
-
-/* Item shape: a chat body, or {"endpoint": "/v1/embeddings", "body": {...}}. Entries keep the
- * gather's (OpenAI) error shape whatever the item's endpoint; a /v1/messages item's response
- * is the Message. */
-static int parse_item(struct request *r, json_t *it, size_t i, struct gather_item *out)
-{
-    char param[64], msg[160];
-    if (!json_is_object(it)) {
-        snprintf(param, sizeof param, "requests[%zu]", i);
-        fail400(r, param, "each item must be a JSON object");
-        return -1;
-    }
-    json_t *ep = json_object_get(it, "endpoint");
-    out->ep = EP_CHAT;
-    if (ep) {
-        const char *e = json_string_value(ep);
-        json_t *b = json_object_get(it, "body");
-        if (e && strcmp(e, "/v1/embeddings") == 0)
-            out->ep = EP_EMBEDDINGS;
-        else if (e && strcmp(e, "/v1/completions") == 0)
-            out->ep = EP_COMPLETIONS;
-        else if (e && strcmp(e, "/v1/messages") == 0)
-            out->ep = EP_MESSAGES;
-        else if (!e || strcmp(e, "/v1/chat/completions") != 0) {
-            snprintf(param, sizeof param, "requests[%zu].endpoint", i);
-            fail400(r, param, "endpoint must be /v1/chat/completions, /v1/completions, "
-                              "/v1/embeddings or /v1/messages");
-            return -1;
-        }
-        if (!json_is_object(b)) {
-            snprintf(param, sizeof param, "requests[%zu].body", i);
-            fail400(r, param, "body must be a JSON object");
-            return -1;
-        }
-        it = b;
-    }
-    json_t *stream = json_object_get(it, "stream");
-    if (json_is_true(stream)) {
-        snprintf(param, sizeof param, "requests[%zu].stream", i);
-        snprintf(msg, sizeof msg, "item %zu asks for stream; use the gather's own stream option",
-                 i);
-        fail400(r, param, msg);
-        return -1;
-    }
-    out->body = json_incref(it);
-    return 0;
-}
-
-/* A misspelt option (max_concurency) would otherwise be ignored without a word, as unknown
- * config keys are not: the first unknown field is named in a 400. */
-static int check_fields(struct request *r, json_t *body)
-{
-    static const char *const known[] = {"requests", "return_exceptions", "timeout_ms",
-                                        "item_timeout_ms", "max_concurrency", "mode", "stream"};
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v) {
-        size_t i = 0;
-        while (i < sizeof known / sizeof *known && strcmp(key, known[i]) != 0)
-            i++;
-        if (i < sizeof known / sizeof *known)
-            continue;
-        char msg[200], param[64];
-        snprintf(param, sizeof param, "%.63s", key);
-        snprintf(msg, sizeof msg, "unknown gather option '%.60s' (known: requests, mode, "
-                 "stream, return_exceptions, timeout_ms, item_timeout_ms, max_concurrency)", key);
-        fail400(r, param, msg);
-        return -1;
-    }
-    return 0;
-}
-
-static int parse_options(struct request *r, struct gather *g, json_t *body)
-{
-    const struct conf *c = r->conf;
-    if (check_fields(r, body) < 0)
-        return -1;
-    uint64_t conc = c->gather.max_concurrency, timeout = 0, item_timeout = 0;
-    if (opt_bool(r, body, "return_exceptions", &g->return_exceptions) < 0 ||
-        opt_bool(r, body, "stream", &g->stream) < 0 ||
-        opt_uint(r, body, "timeout_ms", &timeout) < 0 ||
-        opt_uint(r, body, "item_timeout_ms", &item_timeout) < 0 ||
-        opt_uint(r, body, "max_concurrency", &conc) < 0)
-        return -1;
-    json_t *mode = json_object_get(body, "mode");
-    if (mode && !json_is_null(mode)) {
-        const char *m = json_string_value(mode);
-        if (!m || (strcmp(m, "all") != 0 && strcmp(m, "first") != 0)) {
-            fail400(r, "mode", "mode must be \"all\" or \"first\"");
-            return -1;
-        }
-        g->mode = strcmp(m, "first") == 0 ? MODE_FIRST : MODE_ALL;
-    }
-    if (conc == 0)
-        conc = 1;
-    g->max_concurrency = (unsigned)(conc < c->gather.max_concurrency ? conc
-                                                                     : c->gather.max_concurrency);
-    g->item_timeout_ms = item_timeout;
-    if (timeout) {
-        /* The gather's own timer reports unfinished items as 504 entries; the request deadline
-         * is pushed just past it so that graceful path wins. */
-        uint64_t cap = c->timeouts.max_ms;
-        if (cap && timeout > cap)
-            timeout = cap;
-        request_set_deadline(r, timeout + 1000);
-        ev_timer_set(&g->timeout, (double)timeout / 1000.0, 0.);
-        g->timed = true;
-    } else if (r->deadline_at) {
-        double left = r->deadline_at - ev_now(r->w->loop);
-        ev_timer_set(&g->timeout, left > 0.05 ? left - 0.05 : 0., 0.);
-        g->timed = true;
-        request_set_deadline(r, (uint64_t)((r->deadline_at - r->started) * 1000) + 1000);
-    }
-    return 0;
-}
-
-static int parse_requests(struct request *r, struct gather *g, json_t *body)
-{
-    json_t *reqs = json_object_get(body, "requests");
-    size_t max = r->conf->gather.max_items;
-    if (!json_is_array(reqs) || json_array_size(reqs) == 0) {
-        fail400(r, "requests", "requests must be a non-empty array");
-        return -1;
-    }
-    if (json_array_size(reqs) > max) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "at most %zu requests per gather", max);
-        fail400(r, "requests", msg);
-        return -1;
-    }
-    g->n = json_array_size(reqs);
-    g->items = calloc(g->n, sizeof *g->items);
-    if (!g->items) {
-        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
-                     OUTCOME_REJECTED);
-        return -1;
-    }
-    for (size_t i = 0; i < g->n; i++)
-        if (parse_item(r, json_array_get(reqs, i), i, &g->items[i]) < 0)
-            return -1;
-    return 0;
-}
-
 static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
 
-void gather_start(struct request *r, json_t *body)
+/* Entries count against limits.max_memory while they are held. */
+static void entry_drop(struct gather *g, struct gather_item *it)
+{
+    mem_sub(g->parent->w, it->entry.len);
+    buf_free(&it->entry);
+}
+
+/* Writes to the client; remembers when it went above its high-water mark. */
+static void out(struct gather *g, const char *p, size_t n)
+{
+    if (request_stream_data(g->parent, p, n))
+        g->blocked = true;
+}
+
+static void emit(struct gather *g, const char *event, const char *data, size_t len)
+{
+    struct buf ev = BUF_INIT;
+    buf_printf(&ev, "event: %s\ndata: ", event);
+    buf_append(&ev, data, len);
+    buf_puts(&ev, "\n\n");
+    out(g, ev.data, ev.len);
+    buf_free(&ev);
+}
+
+/* Sends the entries whose turn has come, unless the client is behind (force: at the end). */
+static void flush_entries(struct gather *g, bool force)
+{
+    while (g->ordered && g->emitted < g->n && g->items[g->emitted].done &&
+           (force || !g->blocked)) {
+        struct gather_item *it = &g->items[g->emitted];
+        if (g->emitted++)
+            out(g, ",", 1);
+        out(g, it->entry.data, it->entry.len);
+        entry_drop(g, it);
+    }
+    while (g->fifo && g->fifo_head < g->fifo_tail && (force || !g->blocked)) {
+        size_t i = g->fifo[g->fifo_head++];
+        emit(g, "result", g->items[i].entry.data, g->items[i].entry.len);
+        if ((ssize_t)i != g->failure)   /* the fail-fast failure is reported again at the end */
+            entry_drop(g, &g->items[i]);
+    }
+}
+
+bool gather_stream_fail(struct gather *g, const char *error_body)
+{
+    if (!g->stream || g->finished)
+        return false;
+    struct buf s = BUF_INIT;
+    emit(g, "error", error_body, strlen(error_body));
+    buf_puts(&s, "{\"object\":\"gather.result\",");
+    put_summary(g, &s);
+    buf_puts(&s, "}");
+    emit(g, "done", s.data, s.len);
+    buf_free(&s);
+    return true;
+}
+
+bool gather_item_blocked(const struct request *r)
+{
+    return r->sink == &item_sink && ((const struct gather *)r->owner)->blocked;
+}
+
+void gather_drained(struct gather *g)
+{
+    g->blocked = false;
+    if (g->finished)
+        return;
+    flush_entries(g, false);
+    for (size_t i = 0; i < g->next && !g->blocked; i++)   /* paused answers read on */
+        if (g->items[i].req && !g->items[i].done)
+            request_drained(g->items[i].req);
+    if (!g->finished)
+        advance(g);
+}
+
+void gather_start(struct request *r, const char *body, size_t len)
 {
     struct gather *g = calloc(1, sizeof *g);
-    if (!g) {
-        json_decref(body);
+    if (!g || buf_append(&g->text, body, len) < 0) {
+        free(g);
         request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
                      OUTCOME_REJECTED);
         return;
     }
     g->parent = r;
+    request_charge(r, len);
     g->return_exceptions = true;
     g->failure = g->winner = g->last_failed = -1;
     ev_timer_init(&g->timeout, on_timeout, 0., 0.);
     g->timeout.data = g;
     r->gather = g;
-    int rc = parse_options(r, g, body);
-    if (rc == 0)
-        rc = parse_requests(r, g, body);
-    json_decref(body);
-    if (rc < 0)
+    int rc = gather_parse(r, g);
+    if (rc == 0 && g->stream && g->mode == MODE_ALL &&
+        !(g->fifo = calloc(g->n, sizeof *g->fifo)))
+        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                     OUTCOME_REJECTED);
+    if (rc < 0 || r->ended)
         return;     /* answered; the gather is freed with its request */
     if (g->timed)
         ev_timer_start(r->w->loop, &g->timeout);
-    if (g->stream)
+    g->ordered = !g->stream && g->mode == MODE_ALL && g->return_exceptions;
+    if (g->ordered)
+        r->content_type = "application/json";
+    if (g->stream || g->ordered)
         request_stream_start(r, 200);
+    if (g->ordered)
+        out(g, "{\"object\":\"gather.result\",\"results\":[", 37);
     advance(g);
 }
 
-static void set_entry(struct gather_item *it, size_t index, int status, const char *key,
-                      const char *value, size_t len)
+static void set_entry(struct gather *g, struct gather_item *it, size_t index, int status,
+                      const char *key, const char *value, size_t len)
 {
-    buf_reset(&it->entry);
+    entry_drop(g, it);
     buf_printf(&it->entry, "{\"index\":%zu,\"status\":%d,\"%s\":", index, status, key);
     it->value_off = it->entry.len;
     it->value_len = len;
     buf_append(&it->entry, value, len);
     buf_puts(&it->entry, "}");
+    mem_add(g->parent->w, it->entry.len);
     it->status = status;
 }
 
 /* An entry the gateway writes itself (timeouts, cancellations, refusals). */
-static void entry_error(struct gather_item *it, int status, const char *type, const char *code,
-                        const char *msg, size_t index)
+static void entry_error(struct gather *g, struct gather_item *it, int status, const char *type,
+                        const char *code, const char *msg, size_t index)
 {
     json_t *e = json_pack("{s:s, s:s, s:n, s:s}", "message", msg, "type", type, "param",
                           "code", code);
     char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
-    set_entry(it, index, status, "error", text ? text : "{}", text ? strlen(text) : 2);
+    set_entry(g, it, index, status, "error", text ? text : "{}", text ? strlen(text) : 2);
     free(text);
     json_decref(e);
 }
@@ -300,7 +176,7 @@ static void start_item(struct gather *g, size_t i)
                        : it->ep == EP_MESSAGES ? ROUTE_MESSAGES : ROUTE_CHAT;
     struct request *r = request_new(p->w, p->conf, &item_sink, g, route);
     if (!r) {
-        entry_error(it, 503, "server_error", "overloaded", "out of memory", i);
+        entry_error(g, it, 503, "server_error", "overloaded", "out of memory", i);
         it->done = true;
         g->ndone++;
         g->failed++;
@@ -326,11 +202,15 @@ static void start_item(struct gather *g, size_t i)
         ms = (uint64_t)left;
     request_set_deadline(r, ms);
     g->running++;
-    json_t *body = it->body;
-    it->body = NULL;
     char prefix[40];
     snprintf(prefix, sizeof prefix, "requests[%zu].", i);
-    router_start_upstream(r, body, prefix);
+    request_charge(r, it->body_len);
+    if (buf_append(&r->body_raw, g->text.data + it->body_off, it->body_len) < 0) {
+        request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                     OUTCOME_REJECTED);
+        return;
+    }
+    router_start_upstream(r, prefix);
 }
 
 /* A child answered: its body goes into the item's entry as it came (it was checked on the way
@@ -341,34 +221,24 @@ static void item_respond(struct request *r, int status, const char *body, size_t
     struct gather_item *it = &g->items[r->gather_index];
     size_t idx = r->gather_index, start, end;
     if (status >= 200 && status < 300) {
-        bool object = json_scan_object(body, len) == 0;
-        set_entry(it, idx, status, "response", object ? body : "null", object ? len : 4);
+        bool object = json_valid_object(body, len) == 0;
+        set_entry(g, it, idx, status, "response", object ? body : "null", object ? len : 4);
         return;
     }
     bool timed_out = status == 504 && r->deadline_at &&
                      ev_now(r->w->loop) >= r->deadline_at - 0.001;
     if (json_scan_member(body, len, "error", &start, &end) < 0) {
-        set_entry(it, idx, status, "error", "{}", 2);
+        set_entry(g, it, idx, status, "error", "{}", 2);
     } else if (!timed_out) {
-        set_entry(it, idx, status, "error", body + start, end - start);
+        set_entry(g, it, idx, status, "error", body + start, end - start);
     } else {
-        json_t *err = json_loadb(body + start, end - start, 0, NULL);
+        json_t *err = json_valid_load(body + start, end - start, 0, NULL);
         json_object_set_new(err, "code", json_string("item_timeout"));
         char *text = err ? json_dumps(err, JSON_COMPACT) : NULL;
-        set_entry(it, idx, status, "error", text ? text : "{}", text ? strlen(text) : 2);
+        set_entry(g, it, idx, status, "error", text ? text : "{}", text ? strlen(text) : 2);
         free(text);
         json_decref(err);
     }
-}
-
-static void emit(struct gather *g, const char *event, const char *data, size_t len)
-{
-    struct buf ev = BUF_INIT;
-    buf_printf(&ev, "event: %s\ndata: ", event);
-    buf_append(&ev, data, len);
-    buf_puts(&ev, "\n\n");
-    request_stream_data(g->parent, ev.data, ev.len);
-    buf_free(&ev);
 }
 
 static void item_ended(struct request *r)
@@ -383,7 +253,7 @@ static void item_ended(struct request *r)
     it->done = true;
     g->ndone++;
     if (!it->entry.len)     /* ended without an answer: cancelled by the gather itself */
-        entry_error(it, 499, "cancelled", "cancelled", "cancelled", r->gather_index);
+        entry_error(g, it, 499, "cancelled", "cancelled", "cancelled", r->gather_index);
     bool ok = it->status >= 200 && it->status < 300;
     if (ok) {
         g->succeeded++;
@@ -394,12 +264,16 @@ static void item_ended(struct request *r)
     }
     if (g->finished)
         return;
+    g->result_bytes += it->entry.len;
+    if (g->result_bytes > r->conf->gather.max_result_bytes)
+        g->too_large = true;
     if (ok && g->mode == MODE_FIRST && g->winner < 0)
         g->winner = r->gather_index;
     if (!ok && !g->return_exceptions && g->mode == MODE_ALL && g->failure < 0)
         g->failure = r->gather_index;
-    if (g->stream && g->mode == MODE_ALL)
-        emit(g, "result", it->entry.data, it->entry.len);   /* mode first: from finish() */
+    if (g->fifo)
+        g->fifo[g->fifo_tail++] = r->gather_index;      /* mode first: from finish() */
+    flush_entries(g, false);
     advance(g);
 }
 
@@ -416,7 +290,7 @@ static void put_summary(struct gather *g, struct buf *out)
                "\"completion_tokens\":%ld,\"total_tokens\":%ld,\"prompt_tokens_details\":"
                "{\"cached_tokens\":%ld}},\"cost_usd\":%s,\"elapsed_ms\":%ld",
                g->succeeded, g->failed, g->usage.prompt, g->usage.completion,
-               g->usage.prompt + g->usage.completion, g->usage.cache_read, cost, ms);
+               usage_total(&g->usage), g->usage.cache_read, cost, ms);
 }
 
 static void reply(struct request *p, int status, struct buf *body)
@@ -470,10 +344,64 @@ static void finish_decided(struct gather *g, struct gather_item *it, size_t inde
     reply(g->parent, status, &body);
 }
 
+/* The rest of an ordered document: entries still due, then the summary after the results. */
+static void ordered_done(struct gather *g, const char *error)
+{
+    struct buf s = BUF_INIT;
+    if (!error)
+        flush_entries(g, true);
+    buf_puts(&s, "],");
+    if (error)
+        buf_printf(&s, "\"error\":%s,", error);
+    put_summary(g, &s);
+    buf_puts(&s, "}");
+    out(g, s.data, s.len);
+    buf_free(&s);
+    request_stream_end(g->parent, true);
+    request_end(g->parent, OUTCOME_COMPLETED);
+}
+
+/* gather.max_result_bytes passed: the gather ends with an error in its own format. */
+static void finish_too_large(struct gather *g)
+{
+    uint64_t max = g->parent->conf->gather.max_result_bytes;
+    char msg[160];
+    if (max % (1u << 20) == 0)
+        snprintf(msg, sizeof msg, "the gather's answers exceeded gather.max_result_bytes "
+                 "(%llu MiB)", (unsigned long long)(max >> 20));
+    else
+        snprintf(msg, sizeof msg, "the gather's answers exceeded gather.max_result_bytes "
+                 "(%llu bytes)", (unsigned long long)max);
+    if (!g->stream && !g->ordered) {
+        request_fail(g->parent, 502, "server_error", "gather_result_too_large", NULL, msg,
+                     OUTCOME_UPSTREAM_ERROR);
+        return;
+    }
+    json_t *e = json_pack("{s:s, s:s, s:n, s:s}", "message", msg, "type", "server_error",
+                          "param", "code", "gather_result_too_large");
+    char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (g->ordered) {
+        ordered_done(g, text ? text : "{}");
+    } else {
+        struct buf ev = BUF_INIT;
+        buf_printf(&ev, "{\"error\":%s}", text ? text : "{}");
+        emit(g, "error", ev.data, ev.len);
+        buf_free(&ev);
+        stream_done(g);
+    }
+    free(text);
+}
+
 static void finish_all(struct gather *g)
 {
     if (g->stream) {
+        flush_entries(g, true);
         stream_done(g);
+        return;
+    }
+    if (g->ordered) {
+        ordered_done(g, NULL);
         return;
     }
     struct buf body = BUF_INIT;
@@ -500,7 +428,9 @@ static void finish(struct gather *g)
     ev_timer_stop(p->w->loop, &g->timeout);
     metrics_observe(&p->w->m.gather_duration, ev_now(p->w->loop) - p->started);
     gather_cancel(g, OUTCOME_CANCELLED);    /* siblings still running lose */
-    if (g->failure >= 0)
+    if (g->too_large)
+        finish_too_large(g);
+    else if (g->failure >= 0)
         finish_decided(g, &g->items[g->failure], (size_t)g->failure);
     else if (g->mode == MODE_FIRST && g->winner >= 0)
         finish_decided(g, &g->items[g->winner], (size_t)g->winner);
@@ -517,11 +447,11 @@ static void advance(struct gather *g)
         return;
     g->advancing = true;
     while (!g->finished) {
-        if (g->failure >= 0 || g->winner >= 0 || g->ndone == g->n) {
+        if (g->failure >= 0 || g->winner >= 0 || g->ndone == g->n || g->too_large) {
             finish(g);
             break;
         }
-        if (g->running < g->max_concurrency && g->next < g->n) {
+        if (g->running < g->max_concurrency && g->next < g->n && !g->blocked) {
             start_item(g, g->next++);
             continue;
         }
@@ -538,14 +468,12 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         struct gather_item *it = &g->items[i];
         if (it->done)
             continue;
-        entry_error(it, 504, "timeout_error", "gather_timeout",
+        entry_error(g, it, 504, "timeout_error", "gather_timeout",
                     "the gather's timeout_ms passed before this item finished", i);
         if (!it->req) {     /* never started */
             it->done = true;
             g->ndone++;
             g->failed++;
-            json_decref(it->body);
-            it->body = NULL;
         } else if (!g->return_exceptions && g->failure < 0) {
             g->failure = (ssize_t)i;
         }
@@ -571,10 +499,11 @@ void gather_free(struct gather *g)
     size_t n = g->n;
     for (size_t i = 0; i < g->n; i++) {
         request_free(g->items[i].req);
-        json_decref(g->items[i].body);
-        buf_free(&g->items[i].entry);
+        entry_drop(g, &g->items[i]);
     }
     free(g->items);
+    free(g->fifo);
+    buf_free(&g->text);
     free(g);
     if (n >= GATHER_TRIM_ITEMS)
         malloc_trim(0);     /* a big fan-out leaves glibc arenas full of free pages */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_valid.h"
 #include "daemon/jobs_impl.h"
 #include "daemon/jobs_record.h"
 #include "daemon/worker.h"
@@ -157,16 +158,22 @@ static struct job *job_make(struct request *r, json_t *inner, enum job_kind kind
 static void submit(struct request *r, const char *body, size_t len)
 {
     struct jobs_store *s = r->w->srv->jobs;
-    json_error_t e;
-    json_t *j = json_loadb(body, len, 0, &e), *inner;
+    size_t at = 0;
+    int over = 0;       /* validated and priced before any tree is built */
+    json_t *j = json_valid(body, len, JSON_VALID_DEPTH, NULL, &at) == 0
+                    ? json_valid_load(body, len, 0, &over) : NULL, *inner;
     enum job_kind kind;
     uint64_t timeout_ms;
     char msg[320];
-    if (!json_is_object(j)) {
+    if (over) {
+        request_fail(r, 413, "invalid_request_error", "body_too_complex", NULL,
+                     "the body has too many JSON values for its size", OUTCOME_REJECTED);
+    } else if (!json_is_object(j)) {
         if (j)
             snprintf(msg, sizeof msg, "the body must be a JSON object");
         else
-            snprintf(msg, sizeof msg, "invalid JSON body: %s (at byte %d)", e.text, e.position);
+            snprintf(msg, sizeof msg, "invalid JSON body (at byte %zu; nesting is limited to "
+                     "%d levels)", at, JSON_VALID_DEPTH);
         fail400(r, NULL, "invalid_json", msg);
     } else if (check_body(r, j, &inner, &kind, &timeout_ms) == 0) {
         struct job *job = job_make(r, inner, kind, timeout_ms);

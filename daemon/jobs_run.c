@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 #include "common/log.h"
 #include "daemon/gather.h"
 #include "daemon/jobs_impl.h"
@@ -66,7 +67,7 @@ static enum job_status verdict(struct job_run *run, char **out, size_t *len)
                               "than jobs.max_result_bytes (%llu bytes)",
                               (unsigned long long)run->max);
     } else if (run->status >= 200 && run->status < 300 && b &&
-               json_scan_object(b, run->out.len) == 0) {
+               json_valid_object(b, run->out.len) == 0) {
         *len = run->out.len;
         *out = buf_steal(&run->out);
         return JOB_SUCCEEDED;
@@ -153,23 +154,26 @@ static uint64_t deadline_ms(const struct conf *c, const struct job *j)
     return ms;
 }
 
+/* The stored request is read like a client's body: validated in one pass, no tree. */
 static void start_request(struct request *r, struct job *j)
 {
-    json_t *body = json_loadb(j->input, j->input_len, 0, NULL);
     r->wait_for_key = true;             /* a job waits for its key's slot, never a 429 */
     if (j->key && !(r->key = key_named(r->conf, j->key))) {
-        json_decref(body);
         request_fail(r, 403, "permission_error", "key_removed", NULL, "the key that submitted "
                      "this job is no longer configured", OUTCOME_REJECTED);
-    } else if (!body) {
+    } else if (json_valid_object(j->input, j->input_len) < 0) {
         request_fail(r, 500, "server_error", "bad_record", NULL, "the job's stored request "
                      "is not JSON", OUTCOME_REJECTED);
     } else if (j->kind == JOB_GATHER) {
-        gather_start(r, body);
+        gather_start(r, j->input, j->input_len);
     } else {
         r->ep = EP_CHAT;
-        buf_append(&r->body_raw, j->input, j->input_len);   /* spliced, not re-encoded */
-        router_start_upstream(r, body, "request.");
+        request_charge(r, j->input_len);
+        if (buf_append(&r->body_raw, j->input, j->input_len) < 0)   /* spliced, not re-encoded */
+            request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                         OUTCOME_REJECTED);
+        else
+            router_start_upstream(r, "request.");
     }
 }
 

@@ -19,7 +19,6 @@
 struct keylimit {
     struct state_hold h;
     struct request *r;
-    json_t *body;                       /* held while the take is pending or waiting */
     const struct conf_model *m;
     ev_timer wait;
     double poll_s;
@@ -113,10 +112,8 @@ static bool may_wait(const struct request *r, double s)
 
 static void go(struct keylimit *kl)
 {
-    json_t *body = kl->body;
-    kl->body = NULL;
     kl->decided = true;
-    proxy_start(kl->r, body, kl->m);
+    proxy_start(kl->r, kl->m);
 }
 
 static void decide(struct keylimit *kl)
@@ -167,19 +164,18 @@ static void on_taken(struct state_hold *h)
     decide((struct keylimit *)h);       /* h is the first member */
 }
 
-void keylimit_admit(struct request *r, json_t *body, const struct conf_model *m)
+void keylimit_admit(struct request *r, const struct conf_model *m)
 {
     if (!limited(r->key) || !r->w->state) {
-        proxy_start(r, body, m);
+        proxy_start(r, m);
         return;
     }
     struct keylimit *kl = calloc(1, sizeof *kl);
     if (!kl) {
-        proxy_start(r, body, m);        /* out of memory: fail open rather than refuse all */
+        proxy_start(r, m);              /* out of memory: fail open rather than refuse all */
         return;
     }
     kl->r = r;
-    kl->body = body;
     kl->m = m;
     kl->poll_s = WAIT_POLL_MIN_S;
     ev_timer_init(&kl->wait, on_wait, 0., 0.);
@@ -196,10 +192,9 @@ void keylimit_release(struct request *r)
     r->keylimit = NULL;
     waiter_unlink(kl);
     bool freed_slot = kl->h.taken && r->key->max_concurrency;
-    state_release(&kl->h, r->usage.prompt + r->usage.completion);
+    state_release(&kl->h, usage_total(&r->usage));
     if (freed_slot && r->w->key_waiters)
         wake_waiter(r->w, kl->h.slot);
-    json_decref(kl->body);
     free(kl);
 }
 

@@ -13,8 +13,8 @@ struct state_hold;
 
 /* Starts r's upstream work (proxy_start) once its key admits it, now or after a wait (when
  * r->wait_for_key) or a Redis answer; otherwise answers 429 (or 503 when the shared state is
- * down and state.on_error is closed). Steals body. */
-void keylimit_admit(struct request *r, json_t *body, const struct conf_model *m);
+ * down and state.on_error is closed). The body is r->body_raw. */
+void keylimit_admit(struct request *r, const struct conf_model *m);
 /* Gives back what the request holds and charges its tokens (request_end calls it). */
 void keylimit_release(struct request *r);
 /* Appends the x-ratelimit-* lines for a limited key (nothing otherwise). */

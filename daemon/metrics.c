@@ -172,6 +172,9 @@ void metrics_render(struct buf *out, struct metrics *const *w, unsigned n,
            SUM(upstream_inflight));
     simple(out, "state_errors_total", "counter", "Limit checks the shared state (redis) "
            "could not answer.", SUM(state_errors));
+    simple(out, "usage_invalid_total", "counter",
+           "Upstream token counts ignored (negative, above 2^40 or not integers).",
+           SUM(usage_invalid));
     simple(out, "response_bytes_total", "counter", "Bytes sent to clients.", SUM(bytes_out));
     simple(out, "connections_open", "gauge", "Client connections open.", SUM(conns_open));
     simple(out, "connections_accepted_total", "counter", "Client connections accepted.",
@@ -187,4 +190,7 @@ void metrics_render(struct buf *out, struct metrics *const *w, unsigned n,
                (unsigned long)x->reloads_failed);
     simple(out, "ready", "gauge", "1 when ready to serve.", (uint64_t)x->ready);
     simple(out, "draining", "gauge", "1 while shutting down.", (uint64_t)x->draining);
+    simple(out, "memory_accounted_bytes", "gauge",
+           "Bodies, upstream answers and gather entries held (limits.max_memory).", x->mem_used);
+    simple(out, "memory_limit_bytes", "gauge", "limits.max_memory.", x->mem_max);
 }

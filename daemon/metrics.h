@@ -47,6 +47,7 @@ struct metrics {
     uint64_t aborted[ABORT_COUNT];
     uint64_t inflight_requests;         /* gauge */
     uint64_t upstream_inflight;         /* gauge */
+    uint64_t usage_invalid;             /* upstream token counts refused */
     uint64_t bytes_in, bytes_out;
     uint64_t conns_open;                /* gauge */
     uint64_t conns_accepted, conns_rejected;
@@ -71,6 +72,7 @@ void metrics_observe(struct histogram *h, double seconds);
 struct metrics_extra {
     uint64_t reloads_ok, reloads_failed;
     int ready, draining;
+    uint64_t mem_used, mem_max;     /* limits.max_memory accounting */
 };
 void metrics_render(struct buf *out, struct metrics *const *workers, unsigned n,
                     const struct metrics_extra *extra);

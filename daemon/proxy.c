@@ -8,9 +8,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_valid.h"
 #include "common/log.h"
 #include "daemon/cost.h"
 #include "daemon/breaker.h"
+#include "daemon/gather.h"
 #include "daemon/metrics_labels.h"
 #include "daemon/proxy_internal.h"
 #include "daemon/worker.h"
@@ -67,6 +69,20 @@ void proxy_slot_give(struct worker *w)
     slot_give(w);
 }
 
+/* An answer buffer counts against limits.max_memory while it is held. */
+static void attempt_charge(struct attempt *a, size_t n)
+{
+    a->mem += n;
+    mem_add(a->p->r->w, n);
+}
+
+static void attempt_resp_reset(struct attempt *a)
+{
+    mem_sub(a->p->r->w, a->mem);
+    a->mem = 0;
+    buf_reset(&a->resp);
+}
+
 static void proxy_free(struct proxy *p)
 {
     struct worker *w = p->r->w;
@@ -78,12 +94,11 @@ static void proxy_free(struct proxy *p)
         if (a->codec.ops)
             codec_free(&a->codec);
         sse_free(&a->sse);
+        mem_sub(w, a->mem);
         buf_free(&a->resp);
         buf_free(&a->sent);
     }
     buf_free(&p->frames);
-    json_decref(p->body);
-    json_decref(p->fail_body);
     free(p);
 }
 
@@ -119,18 +134,16 @@ static int only_capable(struct proxy *p)
     return -1;
 }
 
-static int proxy_begin(struct request *r, json_t *body, const struct conf_model *m)
+static int proxy_begin(struct request *r, const struct conf_model *m)
 {
     struct proxy *p = calloc(1, sizeof *p);
     if (!p) {
         __atomic_sub_fetch(&r->w->srv->inflight_slots, 1, __ATOMIC_SEQ_CST);
-        json_decref(body);
         request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
                      OUTCOME_REJECTED);
         return -1;
     }
     p->r = r;
-    p->body = body;
     p->model = m;
     ev_timer_init(&p->backoff, on_backoff, 0., 0.);
     p->backoff.data = p;
@@ -139,7 +152,7 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     hedge_init(p);
     p->norder = route_order(m, &r->w->rng, p->order);
     if (only_capable(p) < 0) {
-        json_decref(body);
+        __atomic_sub_fetch(&r->w->srv->inflight_slots, 1, __ATOMIC_SEQ_CST);    /* its slot */
         free(p);
         return -1;
     }
@@ -154,16 +167,15 @@ static int proxy_begin(struct request *r, json_t *body, const struct conf_model 
     return 0;
 }
 
-int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
+int proxy_start(struct request *r, const struct conf_model *m)
 {
     struct worker *w = r->w;
     struct server *s = w->srv;
     const struct conf_limits *l = &w->conf->limits;
     if (!w->queue_head && slot_take(s, l->max_inflight))
-        return proxy_begin(r, body, m);
+        return proxy_begin(r, m);
     if (__atomic_add_fetch(&s->queued_total, 1, __ATOMIC_SEQ_CST) > l->queue) {
         __atomic_sub_fetch(&s->queued_total, 1, __ATOMIC_SEQ_CST);
-        json_decref(body);
         r->retry_after_s = 1;
         request_fail(r, 503, "server_error", "overloaded",
                      NULL, "too many requests in flight and the queue is full; retry shortly",
@@ -171,7 +183,6 @@ int proxy_start(struct request *r, json_t *body, const struct conf_model *m)
         return -1;
     }
     r->queued = true;
-    r->qbody = body;
     r->qmodel = m;
     r->qprev = w->queue_tail;
     if (w->queue_tail)
@@ -201,8 +212,6 @@ void proxy_unqueue(struct request *r)
     r->qnext = r->qprev = NULL;
     __atomic_sub_fetch(&w->queued, 1, __ATOMIC_RELAXED);
     __atomic_sub_fetch(&w->srv->queued_total, 1, __ATOMIC_SEQ_CST);
-    json_decref(r->qbody);
-    r->qbody = NULL;
 }
 
 /* Before the loop polls: hand freed slots to queued requests in order. */
@@ -211,11 +220,9 @@ static void on_admit(struct ev_loop *loop, ev_prepare *pw, int revents)
     struct worker *w = pw->data;
     while (w->queue_head && slot_take(w->srv, w->conf->limits.max_inflight)) {
         struct request *r = w->queue_head;
-        json_t *body = r->qbody;
         const struct conf_model *m = r->qmodel;
-        r->qbody = NULL;        /* ownership moves to proxy_begin */
         proxy_unqueue(r);
-        proxy_begin(r, body, m);
+        proxy_begin(r, m);
     }
     if (!w->queue_head)
         ev_prepare_stop(loop, pw);
@@ -241,6 +248,7 @@ void proxy_worker_init(struct worker *w)
  * estimate when it gave none. */
 static void charge(struct attempt *a)
 {
+    METRIC_ADD(a->p->r->w->m.usage_invalid, a->codec.usage_invalid);
     cost_charge(a->p->r, &a->codec.usage, a->target->price, a->sent_bytes, a->events);
 }
 
@@ -251,7 +259,8 @@ static void span_end(struct attempt *a, const struct conf_target *t, long status
     if (!a->span.active)
         return;
     struct trace_attempt_info in;
-    trace_attempt_info_fill(&in, a->p->r, t, &a->codec, a->p->body, &a->resp, &a->sent);
+    trace_attempt_info_fill(&in, a->p->r, t, &a->codec, &a->p->r->body_raw, &a->resp,
+                            &a->sent);
     in.attempt = a->number;
     in.status = status;
     in.error = error;
@@ -305,19 +314,16 @@ static void give_up(struct proxy *p)
                            : -1;
     if (p->all_open_retry_s > 0 && p->fail_status == 503)
         r->retry_after_s = p->all_open_retry_s;
-    if (p->fail_body && r->error_shape != ERROR_SHAPE_OPENAI) {
+    if (p->fail_upstream && r->error_shape != ERROR_SHAPE_OPENAI) {
         /* Relayed in the client's shape: the message kept, the type named after the status. */
-        const json_t *m = json_object_get(json_object_get(p->fail_body, "error"), "message");
-        request_fail(r, p->fail_status, "upstream_error", NULL, NULL,
-                     json_is_string(m) ? json_string_value(m) : "upstream error",
+        request_fail(r, p->fail_status, "upstream_error", NULL, NULL, p->uerr.message,
                      OUTCOME_UPSTREAM_ERROR);
         return;
     }
-    if (p->fail_body) {
-        char *text = json_dumps(p->fail_body, JSON_COMPACT);
-        request_respond(r, p->fail_status, text ? text : "{}", text ? strlen(text) : 2);
-        free(text);
-        request_end(r, OUTCOME_UPSTREAM_ERROR);
+    if (p->fail_upstream) {     /* four fields re-encoded; request_fail removes any secret */
+        const struct provider_error *e = &p->uerr;
+        request_fail(r, p->fail_status, e->type, e->code[0] ? e->code : NULL,
+                     e->param[0] ? e->param : NULL, e->message, OUTCOME_UPSTREAM_ERROR);
         return;
     }
     request_fail(r, p->fail_status, p->fail_type, p->fail_code,
@@ -355,11 +361,13 @@ static struct curl_slist *build_headers(struct attempt *a, const struct conf_ups
 }
 
 /* A request the target's codec can't express: a client error, reported if nothing else works. */
-static void unsupported(struct proxy *p, const char *path, const char *err, const char *param)
+static void unsupported(struct proxy *p, const char *path, int rc, const char *err,
+                        const char *param)
 {
-    p->fail_status = 400;
+    p->fail_status = rc == CODEC_OVER_BUDGET ? 413 : 400;
     p->fail_type = "invalid_request_error";
-    p->fail_code = path ? "unsupported_request" : "unsupported_endpoint";
+    p->fail_code = !path ? "unsupported_endpoint" : rc == CODEC_OVER_BUDGET
+                 ? "body_too_complex" : "unsupported_request";
     snprintf(p->fail_param, sizeof p->fail_param, "%s", param);
     snprintf(p->fail_msg, sizeof p->fail_msg, "%s",
              path ? err : "this endpoint is not supported by the model's upstream");
@@ -372,7 +380,7 @@ static void fill_spec(struct call_spec *spec, const struct request *r,
     spec->timeout_ms = up->timeout_ms;
     spec->first_byte_timeout_ms = up->first_byte_ms;
     spec->idle_timeout_ms = up->idle_ms;
-    spec->max_response_bytes = r->stream ? 0 : up->max_response_bytes;
+    spec->max_response_bytes = up->max_response_bytes;    /* streamed or not, any status */
     spec->ca_file = up->ca_file;
     spec->tls_verify = up->tls_verify;
 }
@@ -387,16 +395,17 @@ int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t
     codec_init(&a->codec, up->provider, r->ep, model, (long)time(NULL));
     a->codec.anthropic_version = r->anthropic_version[0] ? r->anthropic_version : NULL;
     a->codec.strip_usage = r->stream && (r->ep == EP_CHAT || r->ep == EP_COMPLETIONS) &&
-                           !openai_stream_usage_asked(p->body);
+                           !openai_stream_usage_asked(r->body_raw.data, r->body_raw.len);
     a->events = 0;
     const char *path = a->codec.ops->path(r->ep);
     char err[200] = "", param[64] = "";
     struct buf body = BUF_INIT;
-    if (!path || a->codec.ops->encode(r->ep, p->body, &r->body_raw, model,
-                                      p->model->default_max_tokens, &body, err, sizeof err,
-                                      param, sizeof param) < 0) {
+    int rc = path ? a->codec.ops->encode(r->ep, NULL, &r->body_raw, model,
+                                         p->model->default_max_tokens, &body, err, sizeof err,
+                                         param, sizeof param) : -1;
+    if (rc < 0) {
         buf_free(&body);
-        unsupported(p, path, err, param);
+        unsupported(p, path, rc, err, param);
         return -1;
     }
     struct call_spec spec = {0};
@@ -423,7 +432,7 @@ int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t
     a->retry_after_ms = -1;
     a->number = ++r->attempts;
     a->started = ev_time();
-    buf_reset(&a->resp);
+    attempt_resp_reset(a);
     sse_free(&a->sse);
     sse_init(&a->sse, SSE_MAX_EVENT);
     p->running++;
@@ -511,10 +520,13 @@ static bool relay_stream(struct attempt *a, const char *data, size_t n)
     }
     if (rc < 0 || p->stream_failed) {
         const char *msg = "upstream stream could not be decoded";
-        json_t *e = p->stream_failed ? json_loadb(p->frames.data, p->frames.len, 0, NULL) : NULL;
+        json_t *e = p->stream_failed ? json_valid_load(p->frames.data, p->frames.len, 0, NULL)
+                                     : NULL;
         json_t *m = json_object_get(json_object_get(e, "error"), "message");
-        if (json_is_string(m))
-            msg = json_string_value(m);
+        if (json_is_string(m)) {        /* cut like any upstream message; secrets go later */
+            provider_error_cut(json_string_value(m), p->uerr.message, sizeof p->uerr.message);
+            msg = p->uerr.message;
+        }
         request_fail(r, 502, "upstream_error", "upstream_stream_error", NULL, msg,
                      OUTCOME_UPSTREAM_ERROR);
         json_decref(e);
@@ -529,13 +541,21 @@ static enum call_verdict on_data(void *ud, const char *data, size_t n)
     struct proxy *p = a->p;
     if (p->winner && a != p->winner)
         return CALL_CONTINUE;   /* a loser's bytes go nowhere (it is being cancelled) */
-    if (p->paused)
+    if (p->paused || gather_item_blocked(p->r)) {
+        p->paused = true;       /* resumed by request_drained */
         return CALL_PAUSE;
+    }
     if (p->r->stream && a->status >= 200 && a->status < 300) {
         relay_stream(a, data, n);   /* the call was cancelled if the request ended */
         return CALL_CONTINUE;
     }
-    buf_append(&a->resp, data, n);
+    /* A 2xx answer is bounded by max_response_bytes (the engine's cap); an error answer is
+     * only read for its message: what passes PROVIDER_ERROR_BODY_MAX is dropped. */
+    bool ok = a->status >= 200 && a->status < 300;
+    size_t room = ok ? n : a->resp.len < PROVIDER_ERROR_BODY_MAX
+                           ? PROVIDER_ERROR_BODY_MAX - a->resp.len : 0;
+    if (buf_append(&a->resp, data, n < room ? n : room) == 0)
+        attempt_charge(a, n < room ? n : room);
     return CALL_CONTINUE;
 }
 
@@ -546,8 +566,7 @@ static void record_failure(struct proxy *p, struct attempt *a, enum call_result 
     p->fail_type = "upstream_error";
     p->fail_param[0] = '\0';
     p->retry_after_ms = a->retry_after_ms;
-    json_decref(p->fail_body);
-    p->fail_body = NULL;
+    p->fail_upstream = false;
     switch (result) {
     case CALL_OK:
         if (status == 401 || status == 403) {
@@ -562,9 +581,13 @@ static void record_failure(struct proxy *p, struct attempt *a, enum call_result 
             return;
         }
         if (status >= 400 && status < 500) {
-            /* The upstream's own answer, relayed with its status (wrapped if not OpenAI's). */
+            /* The upstream's own answer, with its status: only message (cut), type, code and
+             * param are re-encoded, and request_fail removes any upstream secret from them. */
+            json_t *doc = a->codec.ops->decode_error(status, a->resp.data, a->resp.len);
+            provider_error_take(doc, &p->uerr);
+            json_decref(doc);
             p->fail_status = (int)status;
-            p->fail_body = a->codec.ops->decode_error(status, a->resp.data, a->resp.len);
+            p->fail_upstream = true;
             return;
         }
         p->fail_status = 502;
@@ -617,6 +640,12 @@ static void log_attempt_failure(struct attempt *a, enum call_result result, long
         snprintf(what, sizeof what, "status %ld", status);
     else
         snprintf(what, sizeof what, "%s", detail ? detail : "error");
+    struct buf clean = BUF_INIT;    /* curl's words may quote a URL: no secret in the log */
+    if (buf_puts(&clean, what) == 0 && conf_redact(r->conf, &clean) == 0)
+        snprintf(what, sizeof what, "%s", clean.data);
+    else
+        snprintf(what, sizeof what, "error");
+    buf_free(&clean);
     snprintf(st, sizeof st, "%ld", status);
     snprintf(wait, sizeof wait, "%lu", (unsigned long)wait_ms);
     snprintf(held, sizeof held, "%lu", (unsigned long)suppressed);
@@ -654,6 +683,11 @@ static void finish_stream(struct attempt *a, enum call_result result, long statu
     metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_FAILURE);
     log_attempt_failure(a, result, status, result == CALL_OK ? "stream ended early" : detail,
                         "give_up (the stream had started)", 0);
+    if (result == CALL_TOO_LARGE) {
+        request_fail(r, 502, "upstream_error", "upstream_response_too_large", NULL,
+                     "the upstream's stream exceeded max_response_bytes", OUTCOME_UPSTREAM_ERROR);
+        return;
+    }
     if (result == CALL_IDLE_TIMEOUT) {
         r->phase_timeout = "upstream_idle_timeout";
         request_fail(r, 504, "timeout_error", "upstream_idle_timeout", NULL,
@@ -764,6 +798,8 @@ static void on_done(void *ud, enum call_result result, long status, const char *
         p->winner = NULL;       /* its answer was unusable: the walk goes on */
     metrics_labels_event(r->conf, r->w->id, a->pair, PAIR_FAILURE);
     record_failure(p, a, result, status, detail);
+    if (broken)
+        p->fail_code = "upstream_invalid_response";
     if (p->running) {   /* a failing attempt never cancels the others: one may still answer */
         log_attempt_failure(a, result, status, detail, "wait (another attempt is running)", 0);
         return;

@@ -7,10 +7,10 @@
 
 #include "daemon/request.h"
 
-/* Starts the work, or queues it when limits.max_inflight requests already hold upstream slots;
- * steals body. Returns 0, or -1 when the request was answered with an error (503 when the queue
+/* Starts the work on the body in r->body_raw, or queues it when limits.max_inflight requests
+ * already hold upstream slots. Returns 0, or -1 when the request was answered with an error (503 when the queue
  * is full too) and ended. */
-int proxy_start(struct request *r, json_t *body, const struct conf_model *m);
+int proxy_start(struct request *r, const struct conf_model *m);
 /* A queued request ended before its turn: leave the queue. */
 void proxy_unqueue(struct request *r);
 void proxy_worker_init(struct worker *w);

@@ -8,6 +8,7 @@
 #include "daemon/trace.h"
 #include "upstream/engine.h"
 #include "upstream/provider.h"
+#include "upstream/provider_error.h"
 #include "upstream/route.h"
 
 /* One upstream call and what it has received. A free slot has call == NULL. */
@@ -19,6 +20,7 @@ struct attempt {
     const struct conf_target *target;
     struct codec codec;
     struct buf resp;                /* non-streamed answer, or an error body */
+    size_t mem;                     /* resp's bytes charged to limits.max_memory */
     struct sse_parser sse;
     long status;
     int64_t retry_after_ms;
@@ -39,7 +41,6 @@ struct attempt {
 
 struct proxy {
     struct request *r;
-    json_t *body;
     const struct conf_model *model;
     unsigned order[ROUTE_MAX_TARGETS];
     unsigned norder, pos, retry;    /* the retry/fallback walk through order[] */
@@ -59,7 +60,8 @@ struct proxy {
     const char *fail_type, *fail_code;
     char fail_msg[200];
     char fail_param[64];            /* the client field a 400 names */
-    json_t *fail_body;              /* an upstream 4xx error, relayed as is */
+    bool fail_upstream;             /* the failure is the upstream's 4xx, in uerr */
+    struct provider_error uerr;     /* its four fields, re-encoded in the gateway's shape */
 };
 
 /* proxy.c: starts a call for target t in slot a; -1 when t can't take the request. */

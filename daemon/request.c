@@ -87,7 +87,7 @@ static void access_log(const struct request *r, double elapsed_ms)
     snprintf(ms, sizeof ms, "%.3f", elapsed_ms);
     snprintf(ums, sizeof ums, "%.3f", r->upstream_ms);
     snprintf(attempts, sizeof attempts, "%u", r->attempts);
-    snprintf(tokens, sizeof tokens, "%ld", r->usage.prompt + r->usage.completion);
+    snprintf(tokens, sizeof tokens, "%ld", usage_total(&r->usage));
     snprintf(winner, sizeof winner, "%u", r->hedge_winner);
     cost_format(cost, sizeof cost, r->priced ? r->cost_usd : -1);
     log_fields(LOG_INFO, "access", "request_id", r->id, "client", r->client[0] ? r->client : "-",
@@ -148,12 +148,35 @@ void request_free(struct request *r)
         request_end(r, OUTCOME_CANCELLED);
     if (r->gather)
         gather_free(r->gather);
+    mem_sub(r->w, r->mem);
     conf_unref(r->conf);
     buf_free(&r->body_raw);
     buf_free(&r->fwd_headers);
     free(r->model);
     free(r->user_agent);
     free(r);
+}
+
+void mem_add(struct worker *w, size_t n)
+{
+    __atomic_fetch_add(&w->srv->mem_used, (uint64_t)n, __ATOMIC_RELAXED);
+}
+
+void mem_sub(struct worker *w, size_t n)
+{
+    __atomic_fetch_sub(&w->srv->mem_used, (uint64_t)n, __ATOMIC_RELAXED);
+}
+
+void request_charge(struct request *r, size_t n)
+{
+    r->mem += n;
+    mem_add(r->w, n);
+}
+
+bool request_mem_admits(const struct request *r, size_t n)
+{
+    uint64_t used = __atomic_load_n(&r->w->srv->mem_used, __ATOMIC_RELAXED);
+    return used + n <= r->conf->limits.max_memory;
 }
 
 void request_respond(struct request *r, int status, const char *body, size_t len)
@@ -206,8 +229,15 @@ void request_fail(struct request *r, int status, const char *type, const char *c
     bool anthropic = r->error_shape == ERROR_SHAPE_ANTHROPIC;
     json_t *err = error_object(r, status, type, code, param, message);
     char *text = err ? json_dumps(err, JSON_COMPACT) : NULL;
-    const char *body = text ? text : "{\"error\":{\"message\":\"out of memory\"}}";
-    if (r->streaming) {
+    struct buf clean = BUF_INIT;        /* no upstream secret leaves, whoever wrote the text */
+    if (!text || buf_puts(&clean, text) < 0 || conf_redact(r->conf, &clean) < 0)
+        buf_reset(&clean);
+    const char *body = clean.len ? clean.data : "{\"error\":{\"message\":\"out of memory\"}}";
+    if (r->streaming && r->gather && gather_stream_fail(r->gather, body)) {
+        request_stream_end(r, true);
+    } else if (r->streaming && r->content_type) {
+        request_stream_end(r, false);   /* a JSON document being written: cut short */
+    } else if (r->streaming) {
         /* Mid-stream: the error travels as an event, then the body is cut short on purpose. */
         struct buf ev = BUF_INIT;
         buf_printf(&ev, "%sdata: %s\n\n", anthropic ? "event: error\n" : "", body);
@@ -218,6 +248,7 @@ void request_fail(struct request *r, int status, const char *type, const char *c
         request_respond(r, status, body, strlen(body));
     }
     free(text);
+    buf_free(&clean);
     json_decref(err);
     request_end(r, o);
 }
@@ -239,6 +270,8 @@ void request_drained(struct request *r)
 {
     if (r->proxy)
         proxy_resume(r->proxy);
+    else if (r->gather)
+        gather_drained(r->gather);
 }
 
 void request_make_id(char *out, uint32_t *rng)

@@ -84,13 +84,14 @@ struct request {
     struct buf fwd_headers;             /* allow-listed client headers, "Name: value" each
                                          * followed by a NUL, sent upstream as they came */
     struct request *qnext, *qprev;      /* in the worker's slot queue while queued */
-    json_t *qbody;                      /* the body it will start with, while queued */
     const struct conf_model *qmodel;
     bool queued;
     struct keylimit *keylimit;          /* its key's admission and what it holds (keylimit.c) */
     bool wait_for_key;                  /* waits for its key's slot within its deadline instead
                                          * of a 429 (gather items, jobs) */
     struct trace *trace;                /* its trace context and span; NULL: tracing off */
+    size_t mem;                         /* bytes charged to limits.max_memory, given back
+                                         * by request_free */
     struct gather *gather;              /* work of a gather */
     unsigned gather_index;              /* item index when owned by a gather */
     struct jobs_pending *jobs_pending;  /* a job submission waiting for its record */
@@ -122,6 +123,15 @@ void request_respond(struct request *r, int status, const char *body, size_t len
 void request_stream_start(struct request *r, int status);
 bool request_stream_data(struct request *r, const char *p, size_t n);  /* true: above high water */
 void request_stream_end(struct request *r, bool complete);
+
+/* limits.max_memory: the big buffers (client bodies, upstream answers, gather entries) are
+ * counted process-wide with relaxed atomics, so new work is refused before the kernel's OOM
+ * killer acts. mem_add/mem_sub move the count; request_charge also remembers the bytes on r
+ * (given back when it is freed); request_mem_admits says whether n more bytes of new work fit. */
+void mem_add(struct worker *w, size_t n);
+void mem_sub(struct worker *w, size_t n);
+void request_charge(struct request *r, size_t n);
+bool request_mem_admits(const struct request *r, size_t n);
 
 /* Request ids: unique, URL-safe. Client-supplied ids are kept when they are safe. */
 void request_make_id(char *out, uint32_t *rng);

@@ -9,6 +9,8 @@
 #include <strings.h>
 
 #include "daemon/breaker.h"
+#include "common/json_scan.h"
+#include "common/json_valid.h"
 #include "daemon/gather.h"
 #include "daemon/jobs.h"
 #include "daemon/jobs_store.h"
@@ -212,29 +214,56 @@ static int set_controls(struct request *r, const struct http_head *h)
     return 0;
 }
 
-void router_start_upstream(struct request *r, json_t *body, const char *pp)
+/* The request's model name: a JSON string value, decoded (escapes and all). */
+static int take_model(struct request *r, const char *t, const struct json_pick *pk)
+{
+    if (!pk->found || t[pk->start] != '"')
+        return -1;
+    json_t *v = json_valid_load(t + pk->start, pk->end - pk->start, JSON_DECODE_ANY, NULL);
+    if (json_is_string(v) && json_string_length(v) && !memchr(json_string_value(v), 0,
+                                                              json_string_length(v)))
+        r->model = strdup(json_string_value(v));
+    json_decref(v);
+    return r->model ? 0 : -1;
+}
+
+static bool is_literal(const char *t, const struct json_pick *pk, const char *word)
+{
+    size_t n = strlen(word);
+    return pk->end - pk->start == n && memcmp(t + pk->start, word, n) == 0;
+}
+
+/* Reads what routing needs from the request's (validated) JSON text without building a tree:
+ * the upstream is sent the client's own bytes, and a codec that translates builds its tree
+ * itself, under a budget, only for as long as the encoding takes. */
+void router_start_upstream(struct request *r, const char *pp)
 {
     char param[96];
-    json_t *model = json_object_get(body, "model");
-    if (!json_is_string(model) || !json_string_length(model)) {
+    const char *t = r->body_raw.data;
+    struct json_pick pk[] = {{"model", 0, 0, false}, {"stream", 0, 0, false},
+                             {"messages", 0, 0, false}};
+    int dup = json_scan_pick(t, r->body_raw.len, pk, 3);
+    if (dup > 0) {
+        snprintf(param, sizeof param, "%s%s", pp, pk[dup - 1].name);
+        fail400(r, param, "duplicate_member", "a member appears twice in the body");
+        return;
+    }
+    if (dup < 0 || take_model(r, t, &pk[0]) < 0) {
         snprintf(param, sizeof param, "%smodel", pp);
-        json_decref(body);
         fail400(r, param, "missing_model", "you must provide a model parameter (a string)");
         return;
     }
-    r->model = strdup(json_string_value(model));
-    json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
+    if (pk[1].found && !is_literal(t, &pk[1], "true") && !is_literal(t, &pk[1], "false") &&
+        !is_literal(t, &pk[1], "null")) {
         snprintf(param, sizeof param, "%sstream", pp);
-        json_decref(body);
         fail400(r, param, "invalid_type", "stream must be a boolean");
         return;
     }
-    r->stream = json_is_true(stream) && r->ep != EP_EMBEDDINGS && r->ep != EP_COUNT_TOKENS;
+    r->stream = pk[1].found && is_literal(t, &pk[1], "true") && r->ep != EP_EMBEDDINGS &&
+                r->ep != EP_COUNT_TOKENS;
     bool has_messages = r->ep == EP_CHAT || r->ep == EP_MESSAGES || r->ep == EP_COUNT_TOKENS;
-    if (has_messages && !json_is_array(json_object_get(body, "messages"))) {
+    if (has_messages && (!pk[2].found || t[pk[2].start] != '[')) {
         snprintf(param, sizeof param, "%smessages", pp);
-        json_decref(body);
         fail400(r, param, "missing_messages", "messages must be an array of messages");
         return;
     }
@@ -244,38 +273,40 @@ void router_start_upstream(struct request *r, json_t *body, const char *pp)
     const struct conf_model *m = conf_find_model(r->conf, r->model);
     if (!m) {
         snprintf(msg, sizeof msg, "the model '%.100s' does not exist", r->model);
-        json_decref(body);
         request_fail(r, 404, "invalid_request_error", "model_not_found", "model", msg,
                      OUTCOME_REJECTED);
         return;
     }
     if (r->key && !conf_key_allows_model(r->key, r->model)) {
         snprintf(msg, sizeof msg, "this key may not use the model '%.100s'", r->model);
-        json_decref(body);
         request_fail(r, 403, "permission_error", "model_not_allowed", "model", msg,
                      OUTCOME_REJECTED);
         return;
     }
     r->cmodel = m;
-    keylimit_admit(r, body, m);
+    keylimit_admit(r, m);
 }
 
-static json_t *parse_body(struct request *r, const char *body, size_t len)
+/* One strict pass over the client's body (RFC 8259, depth-limited, nothing allocated); the
+ * body must be an object. 0, or -1 when answered with 400. */
+static int check_body(struct request *r, const char *body, size_t len)
 {
-    json_error_t e;
-    json_t *j = json_loadb(body, len, 0, &e);
-    if (!j) {
-        char msg[240];
-        snprintf(msg, sizeof msg, "invalid JSON body: %s (at byte %d)", e.text, e.position);
+    size_t at = 0;
+    if (json_valid(body, len, JSON_VALID_DEPTH, NULL, &at) < 0) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "invalid JSON body (at byte %zu; nesting is limited to %d "
+                 "levels)", at, JSON_VALID_DEPTH);
         fail400(r, NULL, "invalid_json", msg);
-        return NULL;
+        return -1;
     }
-    if (!json_is_object(j)) {
-        json_decref(j);
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    if (i == len || body[i] != '{') {
         fail400(r, NULL, "invalid_json", "the body must be a JSON object");
-        return NULL;
+        return -1;
     }
-    return j;
+    return 0;
 }
 
 static void handle_models(struct request *r)
@@ -320,7 +351,9 @@ static void handle_metrics(struct request *r)
     for (unsigned i = 0; i < n; i++)
         blocks[i] = &s->workers[i].m;
     pthread_mutex_lock(&s->lock);
-    struct metrics_extra x = {s->reloads_ok, s->reloads_failed, s->ready, s->drain};
+    struct metrics_extra x = {s->reloads_ok, s->reloads_failed, s->ready, s->drain,
+                              __atomic_load_n(&s->mem_used, __ATOMIC_RELAXED),
+                              r->conf->limits.max_memory};
     pthread_mutex_unlock(&s->lock);
     struct buf out = BUF_INIT;
     metrics_render(&out, blocks, n, &x);
@@ -335,9 +368,20 @@ static void handle_metrics(struct request *r)
     request_end(r, OUTCOME_COMPLETED);
 }
 
+/* New work whose body would take the process past limits.max_memory waits for none: 503. */
+static int admit_memory(struct request *r, size_t len)
+{
+    if (request_mem_admits(r, len))
+        return 0;
+    r->retry_after_s = 1;
+    request_fail(r, 503, "server_error", "overloaded", NULL,
+                 "the gateway is at its memory limit (limits.max_memory), retry shortly",
+                 OUTCOME_REJECTED);
+    return -1;
+}
+
 static void handle(struct request *r, const struct route *rt, const char *body, size_t len)
 {
-    json_t *j;
     switch (rt->id) {
     case ROUTE_MODELS: handle_models(r); return;
     case ROUTE_HEALTHZ:
@@ -348,15 +392,20 @@ static void handle(struct request *r, const struct route *rt, const char *body, 
         return;
     case ROUTE_METRICS: handle_metrics(r); return;
     case ROUTE_GATHER:
-        if ((j = parse_body(r, body, len)))
-            gather_start(r, j);
+        if (admit_memory(r, len) == 0 && check_body(r, body, len) == 0)
+            gather_start(r, body, len);
         return;
     default:
         r->ep = route_endpoint(rt->id);
-        if ((j = parse_body(r, body, len))) {
-            buf_append(&r->body_raw, body, len);    /* lets the codec splice, not re-encode */
-            router_start_upstream(r, j, "");
+        if (admit_memory(r, len) < 0 || check_body(r, body, len) < 0)
+            return;
+        request_charge(r, len);
+        if (buf_append(&r->body_raw, body, len) < 0) {
+            request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
+                         OUTCOME_REJECTED);
+            return;
         }
+        router_start_upstream(r, "");
     }
 }
 

@@ -14,9 +14,9 @@
 void router_dispatch(struct request *r, const struct http_head *head, const char *body,
                      size_t len);
 
-/* Shared with gather items: validates a chat-like body against the request's key and config and
- * starts it (steals body). param is the prefix used in error messages ("" or "requests[3]."). */
-void router_start_upstream(struct request *r, json_t *body, const char *param_prefix);
+/* Shared with gather items: checks the chat-like body in r->body_raw (valid JSON text, an
+ * object) against the request's key and config and starts it. param is the prefix used in error messages ("" or "requests[3]."). */
+void router_start_upstream(struct request *r, const char *param_prefix);
 
 /* Prints the route table, one "METHOD PATH" line per route (llmuxd --routes). */
 void router_print_routes(FILE *f);

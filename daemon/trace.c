@@ -414,21 +414,31 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
     trace_export_push(&b);
 }
 
-static long max_tokens_of(const json_t *body)
+/* The client's token cap, read from its text without a tree (-1: none asked). */
+static long max_tokens_of(const struct buf *raw)
 {
-    static const char *const names[] = {"max_completion_tokens", "max_tokens",
-                                        "max_output_tokens"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const json_t *v = json_object_get(body, names[i]);
-        if (json_is_integer(v))
-            return (long)json_integer_value(v);
+    struct json_pick pk[] = {{"max_completion_tokens", 0, 0, false},
+                             {"max_tokens", 0, 0, false}, {"max_output_tokens", 0, 0, false}};
+    if (!raw || !raw->len || json_scan_pick(raw->data, raw->len, pk, 3) != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof pk / sizeof pk[0]; i++) {
+        char num[24];
+        size_t n = pk[i].end - pk[i].start;
+        if (!pk[i].found || n >= sizeof num)
+            continue;
+        memcpy(num, raw->data + pk[i].start, n);
+        num[n] = '\0';
+        char *end;
+        long v = strtol(num, &end, 10);
+        if (*end == '\0')      /* an integer as written (not 1.5, not a string) */
+            return v;
     }
     return -1;
 }
 
 void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
                              const struct conf_target *t, const struct codec *c,
-                             const json_t *body, const struct buf *resp,
+                             const struct buf *raw, const struct buf *resp,
                              const struct buf *sent)
 {
     bool anthropic = t->upstream->provider == PROVIDER_ANTHROPIC;
@@ -448,7 +458,7 @@ void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request
     in->response_model = in->response_model_buf[0] ? in->response_model_buf : NULL;
     in->input_tokens = c->usage.seen ? c->usage.prompt : -1;
     in->output_tokens = c->usage.seen ? c->usage.completion : -1;
-    in->max_tokens = max_tokens_of(body);
+    in->max_tokens = max_tokens_of(raw);
     in->attempt = r->attempts;
     in->prompt = sent->len ? sent->data : NULL;
     in->prompt_len = sent->len;

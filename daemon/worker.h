@@ -85,6 +85,7 @@ struct server {
     struct jobs_store *jobs;        /* process-wide; NULL when the journal could not be read */
     char jobs_error[320];           /* why jobs is NULL */
     struct health_table health;     /* breaker entries; grown by the main thread only */
+    uint64_t mem_used;              /* atomic: big buffers held, against limits.max_memory */
 };
 
 /* Listening sockets: from systemd (sd_listen_fds) or opened from conf->listen. */

@@ -516,6 +516,16 @@ static enum call_result map_result(const struct call *c, CURLcode rc)
     }
 }
 
+static void engine_too_large(char *out, size_t cap, uint64_t max)
+{
+    if (max && max % (1u << 20) == 0)
+        snprintf(out, cap, "the upstream's answer exceeded max_response_bytes (%llu MiB)",
+                 (unsigned long long)(max >> 20));
+    else
+        snprintf(out, cap, "the upstream's answer exceeded max_response_bytes (%llu bytes)",
+                 (unsigned long long)max);
+}
+
 static void finish(struct call *c, CURLcode rc)
 {
     if (c->cancelled) {
@@ -526,7 +536,10 @@ static void finish(struct call *c, CURLcode rc)
     char detail[CURL_ERROR_SIZE];
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     enum call_result result = map_result(c, rc);
-    snprintf(detail, sizeof detail, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+    if (result == CALL_TOO_LARGE)   /* curl's own words ("Recv failure…") would mislead */
+        engine_too_large(detail, sizeof detail, c->max_bytes);
+    else
+        snprintf(detail, sizeof detail, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
     const struct call_ops *ops = c->ops;
     void *ud = c->ud;
     if (result == CALL_OK && !c->head_sent)

@@ -4,9 +4,11 @@
 #include "upstream/provider.h"
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 extern const struct codec_ops codec_openai;
@@ -65,8 +67,9 @@ json_t *anthropic_error(int status, const char *message)
 int codec_splice_model(json_t *body, const struct buf *raw, const char *model, struct buf *out,
                        char *err, size_t errlen)
 {
-    size_t start, end;
-    if (raw && raw->len && json_scan_member(raw->data, raw->len, "model", &start, &end) == 0) {
+    struct json_pick pk[] = {{"model", 0, 0, false}};     /* found as the router found it */
+    if (raw && raw->len && json_scan_pick(raw->data, raw->len, pk, 1) == 0 && pk[0].found) {
+        size_t start = pk[0].start, end = pk[0].end;
         if (buf_reserve(out, raw->len + strlen(model) + 16) == 0) {
             buf_append(out, raw->data, start);
             buf_puts(out, "\"");
@@ -76,12 +79,24 @@ int codec_splice_model(json_t *body, const struct buf *raw, const char *model, s
             return 0;
         }
     }
-    /* No text at hand (a gather item): written with the client's numbers kept (json_write) */
-    int rc = json_object_set_new(body, "model", json_string(model)) == 0
+    /* No text at hand: written with the client's numbers kept (json_write) */
+    int rc = body && json_object_set_new(body, "model", json_string(model)) == 0
                  ? json_write(body, out) : -1;
     if (rc < 0)
         snprintf(err, errlen, "out of memory");
     return rc;
+}
+
+json_t *codec_tree(json_t *body, const struct buf *raw, char *err, size_t errlen, int *rc)
+{
+    int over = 0;
+    json_t *tree = body ? json_incref(body)
+                        : json_valid_load(raw ? raw->data : NULL, raw ? raw->len : 0, 0, &over);
+    *rc = tree ? 0 : over ? CODEC_OVER_BUDGET : -1;
+    if (!tree)
+        snprintf(err, errlen, over ? "the body has too many JSON values for its size to be "
+                 "translated for this model's upstream" : "the body is not a JSON object");
+    return tree;
 }
 
 int codec_sse_frame(struct buf *out, const char *event, size_t elen, const char *data,
@@ -99,58 +114,90 @@ json_t *openai_error(const char *message, const char *type, const char *param, c
                      "param", param, "code", code);
 }
 
-/* Counts a client could fake through a relayed answer are kept non-negative. */
-static long usage_count(const json_t *v)
+int usage_take(const json_t *v, long *out)
 {
-    json_int_t n = json_integer_value(v);
-    return n > 0 ? (long)n : 0;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > USAGE_MAX)
+        return -1;
+    *out = (long)json_integer_value(v);
+    return 1;
 }
 
-void openai_usage(const json_t *obj, struct usage *out)
+long usage_sum(long a, long b)
+{
+    long s;
+    return __builtin_add_overflow(a, b, &s) ? (b < 0 ? LONG_MIN : LONG_MAX) : s;
+}
+
+/* Takes v into *n when valid (1), 0 when absent; *bad counts it when invalid. */
+static int usage_field(const json_t *v, long *n, unsigned *bad)
+{
+    int rc = usage_take(v, n);
+    *bad += rc < 0;
+    return rc > 0;
+}
+
+unsigned openai_usage(const json_t *obj, struct usage *out)
 {
     json_t *u = json_object_get(obj, "usage");
+    long p = 0, c = 0, cached = 0;
+    unsigned bad = 0;
     if (!json_is_object(u))
-        return;
-    json_t *p = json_object_get(u, "prompt_tokens"), *c = json_object_get(u, "completion_tokens");
-    if (!p && !c) {     /* Anthropic messages and OpenAI responses name them otherwise */
-        p = json_object_get(u, "input_tokens");
-        c = json_object_get(u, "output_tokens");
+        return 0;
+    json_t *pt = json_object_get(u, "prompt_tokens"), *ct = json_object_get(u, "completion_tokens");
+    if (!pt && !ct) {     /* Anthropic messages and OpenAI responses name them otherwise */
+        pt = json_object_get(u, "input_tokens");
+        ct = json_object_get(u, "output_tokens");
     }
-    if (!json_is_integer(p) && !json_is_integer(c))
-        return;
+    int seen = usage_field(pt, &p, &bad) | usage_field(ct, &c, &bad);
+    if (!seen)
+        return bad;
     out->seen = true;
-    out->prompt += usage_count(p);
-    out->completion += usage_count(c);
+    out->prompt = usage_sum(out->prompt, p);
+    out->completion = usage_sum(out->completion, c);
     json_t *d = json_object_get(u, "prompt_tokens_details");
     if (!d)
         d = json_object_get(u, "input_tokens_details");
-    long cached = usage_count(json_object_get(d, "cached_tokens"));
+    usage_field(json_object_get(d, "cached_tokens"), &cached, &bad);
     /* cached tokens are part of prompt_tokens: never more of them than the prompt had */
-    out->cache_read += cached < usage_count(p) ? cached : usage_count(p);
+    out->cache_read = usage_sum(out->cache_read, cached < p ? cached : p);
+    return bad;
 }
 
-bool openai_stream_usage_asked(const json_t *body)
+bool openai_stream_usage_asked(const char *p, size_t n)
 {
-    return json_is_true(json_object_get(json_object_get(body, "stream_options"),
-                                        "include_usage"));
+    struct json_pick so[] = {{"stream_options", 0, 0, false}};
+    struct json_pick iu[] = {{"include_usage", 0, 0, false}};
+    if (!p || json_scan_pick(p, n, so, 1) != 0 || !so[0].found || p[so[0].start] != '{')
+        return false;
+    p += so[0].start;
+    return json_scan_pick(p, so[0].end - so[0].start, iu, 1) == 0 && iu[0].found &&
+           iu[0].end - iu[0].start == 4 && !memcmp(p + iu[0].start, "true", 4);
 }
 
 void usage_add(struct usage *to, const struct usage *u)
 {
-    to->prompt += u->prompt;
-    to->completion += u->completion;
-    to->cache_read += u->cache_read;
-    to->cache_write += u->cache_write;
+    to->prompt = usage_sum(to->prompt, u->prompt);
+    to->completion = usage_sum(to->completion, u->completion);
+    to->cache_read = usage_sum(to->cache_read, u->cache_read);
+    to->cache_write = usage_sum(to->cache_write, u->cache_write);
     to->seen |= u->seen;
 }
 
-void openai_usage_text(const char *body, size_t len, struct usage *out)
+long usage_total(const struct usage *u)
+{
+    return usage_sum(u->prompt, u->completion);
+}
+
+unsigned openai_usage_text(const char *body, size_t len, struct usage *out)
 {
     size_t start, end;
     if (json_scan_member(body, len, "usage", &start, &end) < 0)
-        return;
-    json_t *u = json_loadb(body + start, end - start, 0, NULL);
+        return 0;
+    json_t *u = json_valid_load(body + start, end - start, 0, NULL);
     json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
-    openai_usage(wrap, out);
+    unsigned bad = openai_usage(wrap, out);
     json_decref(wrap);
+    return bad;
 }

@@ -10,7 +10,9 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/json_valid.h"
 #include "common/json_write.h"
+#include "upstream/provider.h"
 
 /* Bytes of an unrecognised upstream body quoted back in an error message: enough to tell an
  * HTML proxy page from a truncated JSON body, too little to relay a whole document. */
@@ -38,7 +40,7 @@ json_t *anthropic_decode_chat(const json_t *msg, const char *model)
     if (!json_is_array(content))
         return NULL;
     struct usage u = {0};
-    anthropic_usage(json_object_get(msg, "usage"), &u);
+    anthropic_usage(json_object_get(msg, "usage"), &u);   /* counted by the caller */
     const char *id = json_string_value(json_object_get(msg, "id"));
     struct buf text = BUF_INIT;
     json_t *calls = json_array(), *message = NULL, *res = NULL;
@@ -100,26 +102,47 @@ static const char *dec_finish(const char *stop_reason)
     return "stop";
 }
 
-static long dec_count(const json_t *usage, const char *name)
+/* A count when valid (usage_take), else 0; *bad counts it when present but invalid. */
+static long dec_count(const json_t *usage, const char *name, unsigned *bad)
 {
-    json_int_t n = json_integer_value(json_object_get(usage, name));
-    return n > 0 ? (long)n : 0;
+    long v = 0;
+    int rc = usage_take(json_object_get(usage, name), &v);
+    *bad += rc < 0;
+    return rc > 0 ? v : 0;
 }
 
 /* Anthropic counts cached prompt tokens apart from input_tokens; OpenAI's prompt_tokens
  * includes them, and that is what a client compares against its own accounting. The kinds
  * stay apart in u too, each priced at its own rate. */
-void anthropic_usage(const json_t *usage, struct usage *u)
+unsigned anthropic_usage(const json_t *usage, struct usage *u)
 {
+    unsigned bad = 0;
+    long out;
     if (!json_is_object(usage))
-        return;
-    long input = dec_count(usage, "input_tokens");
-    u->cache_read = dec_count(usage, "cache_read_input_tokens");
-    u->cache_write = dec_count(usage, "cache_creation_input_tokens");
-    u->prompt = input + u->cache_read + u->cache_write;
-    if (json_is_integer(json_object_get(usage, "output_tokens")))
-        u->completion = dec_count(usage, "output_tokens");
+        return 0;
+    long input = dec_count(usage, "input_tokens", &bad);
+    u->cache_read = dec_count(usage, "cache_read_input_tokens", &bad);
+    u->cache_write = dec_count(usage, "cache_creation_input_tokens", &bad);
+    u->prompt = usage_sum(usage_sum(input, u->cache_read), u->cache_write);
+    int rc = usage_take(json_object_get(usage, "output_tokens"), &out);
+    bad += rc < 0;
+    if (rc > 0)
+        u->completion = out;
     u->seen = true;
+    return bad;
+}
+
+unsigned anthropic_usage_delta(const json_t *usage, struct usage *u)
+{
+    long v;
+    if (json_is_integer(json_object_get(usage, "input_tokens")))
+        return anthropic_usage(usage, u);
+    int rc = usage_take(json_object_get(usage, "output_tokens"), &v);
+    if (rc > 0) {
+        u->completion = v;
+        u->seen = true;
+    }
+    return rc < 0;
 }
 
 /* OpenAI's shape, cache reads as prompt_tokens_details.cached_tokens (as OpenAI reports them). */
@@ -127,7 +150,7 @@ static json_t *dec_usage(const struct usage *u)
 {
     json_t *j = json_pack("{s:I,s:I,s:I}", "prompt_tokens", (json_int_t)u->prompt,
                           "completion_tokens", (json_int_t)u->completion, "total_tokens",
-                          (json_int_t)(u->prompt + u->completion));
+                          (json_int_t)usage_total(u));
     if (j && u->cache_read > 0)
         json_object_set_new(j, "prompt_tokens_details",
                             json_pack("{s:I}", "cached_tokens", (json_int_t)u->cache_read));
@@ -155,7 +178,7 @@ static const struct err_kind {
 
 json_t *anthropic_decode_error(long status, const char *body, size_t len)
 {
-    json_t *doc = body && len ? json_loadb(body, len, 0, NULL) : NULL;
+    json_t *doc = body && len ? json_valid_load(body, len, 0, NULL) : NULL;
     json_t *res = err_from_doc(doc);
     json_decref(doc);
     return res ? res : err_generic(status, body, len);
@@ -232,7 +255,7 @@ void anthropic_stream_free(struct anthropic_stream *s)
 int anthropic_stream_event(struct anthropic_stream *s, const char *event, size_t elen,
                            const char *data, size_t dlen, struct buf *out)
 {
-    json_t *doc = json_loadb(data ? data : "", dlen, 0, NULL);
+    json_t *doc = json_valid_load(data ? data : "", dlen, 0, NULL);
     json_t *err = NULL;
     const char *type = json_string_value(json_object_get(doc, "type"));
     if (elen == 0 && type) {
@@ -278,7 +301,7 @@ static int stream_message_start(struct anthropic_stream *s, const json_t *doc, s
         free(s->model);
         s->model = copy;
     }
-    anthropic_usage(json_object_get(m, "usage"), &s->usage);
+    s->usage_invalid += anthropic_usage(json_object_get(m, "usage"), &s->usage);
     return stream_chunk(s, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL,
                         NULL, out);
 }
@@ -334,13 +357,7 @@ static int stream_message_delta(struct anthropic_stream *s, const json_t *doc, s
     const json_t *u = json_object_get(doc, "usage");
     if (!json_is_object(d))
         return -1;
-    /* Newer API versions repeat the (cumulative) input counts here; older ones only output. */
-    if (json_is_integer(json_object_get(u, "input_tokens"))) {
-        anthropic_usage(u, &s->usage);
-    } else if (json_is_integer(json_object_get(u, "output_tokens"))) {
-        s->usage.completion = dec_count(u, "output_tokens");
-        s->usage.seen = true;
-    }
+    s->usage_invalid += anthropic_usage_delta(u, &s->usage);
     const char *finish = dec_finish(json_string_value(json_object_get(d, "stop_reason")));
     return stream_chunk(s, json_object(), finish,
                         dec_usage(&s->usage), out);

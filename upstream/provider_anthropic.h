@@ -34,13 +34,19 @@ struct anthropic_stream {
                                  * else the model asked for */
     long created;
     struct usage usage;
+    unsigned usage_invalid;     /* usage numbers refused (see usage_take) */
     int tool_calls;             /* tool_use blocks started: OpenAI's tool_calls[].index */
     bool done;                  /* message_stop seen */
 };
 
-/* An Anthropic usage object → u (prompt includes the cache reads and writes, counted apart
- * too); u is left alone when usage is not an object. */
-void anthropic_usage(const json_t *usage, struct usage *u);
+/* An Anthropic usage object into u (prompt includes the cache reads and writes, counted
+ * apart too), each count taken only when valid (usage_take), an absent or invalid one as 0 (output_tokens:
+ * left alone); u is left alone when usage is not
+ * an object. Returns how many counts were present but invalid. */
+unsigned anthropic_usage(const json_t *usage, struct usage *u);
+/* A message_delta's usage: newer API versions repeat the (cumulative) input counts, taken as
+ * above; older ones give only the output count, which is cumulative and replaces. */
+unsigned anthropic_usage_delta(const json_t *usage, struct usage *u);
 void anthropic_stream_init(struct anthropic_stream *s, const char *model, long created);
 /* One Anthropic SSE event → zero or more OpenAI frames appended to out, each exactly
  * "data: {chat.completion.chunk}\n\n"; after message_stop also "data: [DONE]\n\n".

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_valid.h"
+
 /* Where an encoding error goes: a client-facing message and the offending field's path. */
 struct enc {
     char *err;
@@ -274,7 +276,7 @@ static json_t *enc_arguments(const json_t *args)
         return NULL;
     if (s[strspn(s, " \t\r\n")] == '\0')
         return json_object();
-    json_t *v = json_loads(s, 0, NULL);
+    json_t *v = json_valid_load(s, strlen(s), 0, NULL);     /* priced: a client's string */
     if (!json_is_object(v)) {
         json_decref(v);
         return NULL;

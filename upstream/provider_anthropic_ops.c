@@ -5,8 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/json_write.h"
 #include "common/json_scan.h"
+#include "common/json_valid.h"
+#include "common/json_write.h"
 #include "upstream/provider.h"
 
 static const char *anthropic_path(enum endpoint ep)
@@ -24,9 +25,14 @@ static int anthropic_encode(enum endpoint ep, json_t *body, const struct buf *ra
 {
     if (ep != EP_CHAT)
         return codec_splice_model(body, raw, model, out, err, errlen);
-    json_t *msg = anthropic_encode_chat(body, model, default_max_tokens, err, errlen, param,
+    int rc;
+    json_t *tree = codec_tree(body, raw, err, errlen, &rc);
+    if (!tree)
+        return rc;
+    json_t *msg = anthropic_encode_chat(tree, model, default_max_tokens, err, errlen, param,
                                         paramlen);
-    int rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
+    json_decref(tree);      /* the tree lives only while the upstream's bytes are made */
+    rc = msg ? json_write(msg, out) : -1;   /* numbers as the client wrote them */
     json_decref(msg);
     return rc;
 }
@@ -49,24 +55,14 @@ static struct curl_slist *anthropic_auth(const struct codec *c, const struct con
     return h;
 }
 
-/* input_tokens leaves out cached prompt tokens; the gateway's prompt count includes them
- * (anthropic_usage). A message_delta's output count is cumulative: it replaces. */
-static void relay_usage(struct codec *c, const json_t *u, bool with_output)
-{
-    long completion = c->usage.completion;
-    anthropic_usage(u, &c->usage);
-    if (!with_output)
-        c->usage.completion = completion;
-}
-
 static int relay_body(struct codec *c, enum endpoint ep, const char *in, size_t len)
 {
     size_t start, end;
-    if (json_scan_object(in, len) < 0)
+    if (json_valid_object(in, len) < 0)
         return -1;
     if (ep == EP_MESSAGES && json_scan_member(in, len, "usage", &start, &end) == 0) {
-        json_t *u = json_loadb(in + start, end - start, 0, NULL);
-        relay_usage(c, u, true);
+        json_t *u = json_valid_load(in + start, end - start, 0, NULL);
+        c->usage_invalid += anthropic_usage(u, &c->usage);
         json_decref(u);
     }
     return 0;
@@ -77,10 +73,12 @@ static int anthropic_body(struct codec *c, enum endpoint ep, const char *in, siz
 {
     if (ep != EP_CHAT)
         return relay_body(c, ep, in, len);
-    json_t *msg = json_loadb(in, len, 0, NULL);
+    json_t *msg = json_valid_load(in, len, 0, NULL);
     json_t *oa = json_is_object(msg) ? anthropic_decode_chat(msg, c->model) : NULL;
+    struct usage u = {0};
+    c->usage_invalid += anthropic_usage(json_object_get(msg, "usage"), &u);
     if (oa)
-        anthropic_usage(json_object_get(msg, "usage"), &c->usage);
+        usage_add(&c->usage, &u);
     json_decref(msg);
     if (!oa)
         return -1;
@@ -106,7 +104,7 @@ static int relay_event(struct codec *c, const char *event, size_t elen, const ch
         return -1;
     }
     if (start || delta) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
         if (!json_is_object(j)) {
             json_decref(j);
             buf_reset(out);
@@ -115,13 +113,8 @@ static int relay_event(struct codec *c, const char *event, size_t elen, const ch
             return -1;
         }
         const json_t *u = json_object_get(start ? json_object_get(j, "message") : j, "usage");
-        if (start || json_is_integer(json_object_get(u, "input_tokens")))
-            relay_usage(c, u, start);
-        if (json_is_integer(json_object_get(u, "output_tokens"))) {
-            json_int_t n = json_integer_value(json_object_get(u, "output_tokens"));
-            c->usage.completion = n > 0 ? (long)n : 0;
-            c->usage.seen = true;
-        }
+        c->usage_invalid += start ? anthropic_usage(u, &c->usage)
+                                  : anthropic_usage_delta(u, &c->usage);
         json_decref(j);
     }
     if (elen == 12 && !memcmp(event, "message_stop", 12))
@@ -137,6 +130,7 @@ static int anthropic_event(struct codec *c, const char *event, size_t elen, cons
     int rc = anthropic_stream_event(&c->anthropic, event, elen, data, dlen, out);
     c->stream_done = c->anthropic.done;
     c->usage = c->anthropic.usage;
+    c->usage_invalid = c->anthropic.usage_invalid;
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_valid.h"
 #include "upstream/provider.h"
 
 static json_t *dec_load(const char *p, size_t n);
@@ -37,7 +38,14 @@ const char *messages_stop_reason(const char *finish_reason)
 /* The one place this direction builds trees from upstream text. */
 static json_t *dec_load(const char *p, size_t n)
 {
-    return json_loadb(p ? p : "", n, 0, NULL);
+    return json_valid_load(p ? p : "", n, 0, NULL);     /* validated and priced first */
+}
+
+/* A token count as usage_take reads it; anything invalid counts as 0. */
+static long dec_count(const json_t *v)
+{
+    long n = 0;
+    return usage_take(v, &n) > 0 ? n : 0;
 }
 
 int messages_from_completion(const char *in, size_t len, const char *model,
@@ -108,7 +116,7 @@ static json_t *dec_usage(const json_t *usage, struct usage *out)
 {
     struct usage got = {0};
     json_t *wrap = json_pack("{s:O}", "usage", usage ? (json_t *)usage : json_null());
-    openai_usage(wrap, &got);
+    openai_usage(wrap, &got);       /* validated: invalid counts are taken as absent */
     json_decref(wrap);
     usage_add(out, &got);
     long p = got.prompt, c = got.completion, cached = got.cache_read;
@@ -253,11 +261,11 @@ static void on_usage(struct messages_stream *s, const json_t *u)
 {
     if (!json_is_object(u))
         return;
-    s->prompt_tokens = (long)json_integer_value(json_object_get(u, "prompt_tokens"));
-    s->completion_tokens = (long)json_integer_value(json_object_get(u, "completion_tokens"));
-    s->cached_tokens = (long)json_integer_value(json_object_get(json_object_get(u,
-                                               "prompt_tokens_details"), "cached_tokens"));
-    if (s->cached_tokens < 0 || s->cached_tokens > s->prompt_tokens)
+    s->prompt_tokens = dec_count(json_object_get(u, "prompt_tokens"));
+    s->completion_tokens = dec_count(json_object_get(u, "completion_tokens"));
+    s->cached_tokens = dec_count(json_object_get(json_object_get(u, "prompt_tokens_details"),
+                                                 "cached_tokens"));
+    if (s->cached_tokens > s->prompt_tokens)
         s->cached_tokens = 0;
     s->usage_seen = true;
 }

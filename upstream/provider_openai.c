@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/json_scan.h"
+#include "common/json_valid.h"
 #include "common/json_write.h"
 #include "upstream/provider.h"
 
@@ -21,57 +22,107 @@ static const char *openai_path(enum endpoint ep)
     return paths[ep];
 }
 
-#define USAGE_OPTION "\"stream_options\":{\"include_usage\":true}"
+#define USAGE_OPTION "\"include_usage\":true"
 
 /* A stream is asked to end with a usage chunk (what the cost accounting reads) unless the
- * client asked already; the chunk is then not relayed (codec.strip_usage). */
-static bool openai_wants_usage_option(enum endpoint ep, const json_t *body)
+ * client asked already; the chunk is then not relayed (codec.strip_usage). Read from the
+ * client's text: no tree is built for it. */
+static bool openai_wants_usage_option(enum endpoint ep, const struct buf *raw)
 {
-    return (ep == EP_CHAT || ep == EP_COMPLETIONS) &&
-           json_is_true(json_object_get(body, "stream")) && !openai_stream_usage_asked(body);
+    struct json_pick st[] = {{"stream", 0, 0, false}};
+    return (ep == EP_CHAT || ep == EP_COMPLETIONS) && raw && raw->len &&
+           json_scan_pick(raw->data, raw->len, st, 1) == 0 && st[0].found &&
+           st[0].end - st[0].start == 4 && !memcmp(raw->data + st[0].start, "true", 4) &&
+           !openai_stream_usage_asked(raw->data, raw->len);
 }
 
-/* codec_splice_model with the usage option spliced in after the opening brace. -1: not
- * possible here (no text, or the client's own stream_options, amended in the tree instead). */
+/* One replacement of the bytes [start, end) of the client's text. */
+struct splice {
+    size_t start, end;
+    const char *text;
+    size_t len;
+};
+
+/* Where the usage option goes: a new stream_options member after the opening brace, into the
+ * client's stream_options object (its include_usage replaced, or added first), or in place of
+ * a stream_options that is not an object. -1 when a name is written twice. */
+static int usage_splice(const char *p, size_t len, const struct json_pick *so, struct splice *e)
+{
+    struct json_pick iu[] = {{"include_usage", 0, 0, false}};
+    static const char member[] = "\"stream_options\":{" USAGE_OPTION "},";
+    static const char object[] = "{" USAGE_OPTION "}";
+    if (!so->found) {
+        size_t brace = 0;
+        while (brace < len && p[brace] != '{')
+            brace++;
+        *e = (struct splice){brace + 1, brace + 1, member, sizeof member - 1};
+        return 0;
+    }
+    if (p[so->start] != '{') {
+        *e = (struct splice){so->start, so->end, object, sizeof object - 1};
+        return 0;
+    }
+    if (json_scan_pick(p + so->start, so->end - so->start, iu, 1) != 0)
+        return -1;
+    if (iu[0].found) {
+        *e = (struct splice){so->start + iu[0].start, so->start + iu[0].end, "true", 4};
+        return 0;
+    }
+    size_t i = so->start + 1;
+    while (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')
+        i++;
+    bool empty = p[i] == '}';
+    *e = (struct splice){so->start + 1, so->start + 1, empty ? USAGE_OPTION : USAGE_OPTION ",",
+                         sizeof USAGE_OPTION - 1 + !empty};
+    return 0;
+}
+
+/* codec_splice_model with the usage option spliced in too, the client's bytes otherwise
+ * kept. -1: not possible here (no text, or a name written twice). */
 static int openai_splice_usage(const struct buf *raw, const char *model, struct buf *out)
 {
-    size_t start, end, brace = 0, so_start, so_end;
-    if (!raw || !raw->len || json_scan_member(raw->data, raw->len, "model", &start, &end) < 0 ||
-        json_scan_member(raw->data, raw->len, "stream_options", &so_start, &so_end) == 0)
+    struct json_pick pk[] = {{"model", 0, 0, false}, {"stream_options", 0, 0, false}};
+    struct buf name = BUF_INIT;
+    struct splice e[2];
+    int rc = -1;
+    if (!raw || !raw->len || json_scan_pick(raw->data, raw->len, pk, 2) != 0 || !pk[0].found ||
+        usage_splice(raw->data, raw->len, &pk[1], &e[1]) < 0)
         return -1;
-    while (brace < start && raw->data[brace] != '{')
-        brace++;
-    if (buf_reserve(out, raw->len + strlen(model) + sizeof USAGE_OPTION + 16) < 0)
-        return -1;
-    buf_append(out, raw->data, brace + 1);
-    buf_puts(out, USAGE_OPTION ",");
-    buf_append(out, raw->data + brace + 1, start - brace - 1);
-    buf_puts(out, "\"");
-    buf_json_escape(out, model, strlen(model));
-    buf_puts(out, "\"");
-    buf_append(out, raw->data + end, raw->len - end);
-    return 0;
+    if (buf_puts(&name, "\"") < 0 || buf_json_escape(&name, model, strlen(model)) < 0 ||
+        buf_puts(&name, "\"") < 0 || buf_reserve(out, raw->len + name.len + 64) < 0)
+        goto done;
+    e[0] = (struct splice){pk[0].start, pk[0].end, name.data, name.len};
+    bool swap = e[1].start < e[0].start;
+    const struct splice *first = &e[swap], *second = &e[!swap];
+    buf_append(out, raw->data, first->start);
+    buf_append(out, first->text, first->len);
+    buf_append(out, raw->data + first->end, second->start - first->end);
+    buf_append(out, second->text, second->len);
+    buf_append(out, raw->data + second->end, raw->len - second->end);
+    rc = 0;
+done:
+    buf_free(&name);
+    return rc;
 }
 
 static int openai_encode(enum endpoint ep, json_t *body, const struct buf *raw,
                          const char *model, unsigned default_max_tokens, struct buf *out,
                          char *err, size_t errlen, char *param, size_t paramlen)
 {
-    if (openai_wants_usage_option(ep, body)) {
+    if (openai_wants_usage_option(ep, raw)) {
         if (openai_splice_usage(raw, model, out) == 0)
             return 0;
-        buf_reset(out);
-        json_t *so = json_object_get(body, "stream_options");
-        if (!so)
-            json_object_set_new(body, "stream_options", so = json_object());
-        if (json_is_object(so))
-            json_object_set_new(so, "include_usage", json_true());
-        return codec_splice_model(body, NULL, model, out, err, errlen);
+        buf_reset(out);     /* a name written twice: sent as the client wrote it */
     }
     if (ep != EP_MESSAGES)
         return codec_splice_model(body, raw, model, out, err, errlen);
-    json_t *chat = messages_to_chat(body, model, err, errlen, param, paramlen);
-    int rc = chat ? json_write(chat, out) : -1;   /* numbers as the client wrote them */
+    int rc;
+    json_t *tree = codec_tree(body, raw, err, errlen, &rc);
+    if (!tree)
+        return rc;
+    json_t *chat = messages_to_chat(tree, model, err, errlen, param, paramlen);
+    json_decref(tree);      /* the tree lives only while the upstream's bytes are made */
+    rc = chat ? json_write(chat, out) : -1;   /* numbers as the client wrote them */
     if (chat && rc < 0)
         snprintf(err, errlen, "out of memory");
     json_decref(chat);
@@ -95,11 +146,11 @@ static int openai_decode_body(struct codec *c, enum endpoint ep, const char *in,
 {
     if (ep == EP_MESSAGES)
         return messages_from_completion(in, len, c->model, out, &c->usage);
-    /* Relayed as is: a structural check (garbage, truncation) and a parse of `usage` alone
-     * cost a fraction of parsing the whole answer. */
-    if (json_scan_object(in, len) < 0)
+    /* Relayed as is after a strict validation (one pass, nothing allocated) and a parse of
+     * `usage` alone: a fraction of the cost of parsing the whole answer. */
+    if (json_valid_object(in, len) < 0)
         return -1;
-    openai_usage_text(in, len, &c->usage);
+    c->usage_invalid += openai_usage_text(in, len, &c->usage);
     return 0;
 }
 
@@ -115,8 +166,8 @@ static int responses_event(struct codec *c, const char *event, size_t elen, cons
         if (elen == strlen(terminal[i]) && !memcmp(event, terminal[i], elen))
             c->stream_done = true;
     if (elen == 18 && !memcmp(event, "response.completed", 18)) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
-        openai_usage(json_object_get(j, "response"), &c->usage);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
+        c->usage_invalid += openai_usage(json_object_get(j, "response"), &c->usage);
         json_decref(j);
     }
     if (dlen == 6 && !memcmp(data, "[DONE]", 6))
@@ -157,7 +208,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
     }
     /* Only chunks that carry usage or an error are worth a JSON parse on this hot path. */
     if (has_usage(data, dlen) || memmem(data, dlen, "\"error\"", 7)) {
-        json_t *j = json_loadb(data, dlen, 0, NULL);
+        json_t *j = json_valid_load(data, dlen, 0, NULL);
         if (!json_is_object(j)) {
             json_decref(j);
             return -1;
@@ -170,7 +221,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
             json_decref(j);
             return -1;
         }
-        openai_usage(j, &c->usage);
+        c->usage_invalid += openai_usage(j, &c->usage);
         json_t *choices = json_object_get(j, "choices");
         bool usage_only = json_is_array(choices) && json_array_size(choices) == 0;
         json_decref(j);
@@ -184,7 +235,7 @@ static int openai_decode_event(struct codec *c, const char *event, size_t elen,
 
 static json_t *openai_decode_error(long status, const char *body, size_t len)
 {
-    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *j = json_valid_load(body, len, 0, NULL);
     if (json_is_object(j) && json_is_object(json_object_get(j, "error")))
         return j;       /* already OpenAI-shaped: relayed as it came */
     json_decref(j);

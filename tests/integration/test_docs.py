@@ -17,7 +17,7 @@ from harness import ROOT, Case, binary, chat_body
 VALIDATOR = os.path.join(ROOT, "tests/openapi/node_modules/.bin/validate-api")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Which argument of each error-producing call is the code, and which the status (None: none).
-CODE_CALLS = {"request_fail": (3, 1), "entry_error": (3, 1), "refuse": (2, None),
+CODE_CALLS = {"request_fail": (3, 1), "entry_error": (4, 2), "refuse": (2, None),
               "fail400": (2, None)}
 
 

@@ -182,7 +182,9 @@ keys:
     def test_gather_items_wait_for_slots(self):
         auth = {"Authorization": "Bearer key-four-1"}
         seen, stop = watch_inflight(self.mock)
-        body = {"max_concurrency": 8, "requests": [
+        # return_exceptions false: the answer (and its x-ratelimit-* head) comes at the end; a
+        # return_exceptions gather sends its head first and writes its document as items end.
+        body = {"max_concurrency": 8, "return_exceptions": False, "requests": [
             {"model": "m", "messages": [{"role": "user", "content": "g%d @mock:delay=300" % i}]}
             for i in range(8)]}
         t0 = time.monotonic()

@@ -36,6 +36,8 @@ struct mock_dirs {
     long slow_ms, slow_first, slow_pct;  /* wait slow_ms instead of delay: first K / P % */
     long cache_read, cache_write;
     bool reset, garbage, stall, tool, no_usage;
+    bool invalid, echo_head;         /* hostile answers: bad JSON, the request head echoed */
+    int usage;                       /* 0 normal, 1 negative prompt tokens, 2 near 2^62 */
 };
 
 /* What a successful answer says, derived once from the request body. */

@@ -201,6 +201,24 @@ static int answer_error(struct mock_conn *c, int status, const char *msg, long r
     return answer_body(c, status, "application/json", retry_after);
 }
 
+/* status=S: the message says so, or echoes the request head (echo_head), padded to bytes=N. */
+static int answer_status(struct mock_conn *c, int status)
+{
+    const struct mock_dirs *d = &c->dirs;
+    long ra = d->retry_after >= 0 ? d->retry_after : status == 429 || status == 503 ? 1 : -1;
+    struct buf msg = BUF_INIT;
+    if (d->echo_head)
+        buf_append(&msg, c->in.data, c->req.head_len < 4096 ? c->req.head_len : 4096);
+    else
+        buf_puts(&msg, "mock: failure requested by status directive");
+    for (size_t i = 0; d->bytes > 0 && msg.len < (size_t)d->bytes; i++)
+        buf_append(&msg, &"abcdefghijklmnopqrstuvwxyz"[i % 26], 1);
+    buf_append(&msg, "", 1);
+    int rc = answer_error(c, status, msg.data, ra);
+    buf_free(&msg);
+    return rc;
+}
+
 /* Stream steps are produced all at once up to OUT_HIGH, or one per tick with interval=MS. */
 static void stream_produce(struct mock_conn *c, bool one)
 {
@@ -257,12 +275,14 @@ static int conn_answer(struct mock_conn *c)
     bool anthropic = c->kind == MOCK_API_MESSAGES || c->kind == MOCK_API_COUNT_TOKENS;
     if (anthropic && (!c->req.api_key || !c->req.version))
         return answer_error(c, 401, "mock: x-api-key and anthropic-version headers required", -1);
-    if (status >= 300) {
-        long ra = d->retry_after >= 0 ? d->retry_after : status == 429 || status == 503 ? 1 : -1;
-        return answer_error(c, (int)status, "mock: failure requested by status directive", ra);
-    }
+    if (status >= 300)
+        return answer_status(c, (int)status);
     if (c->fail && d->garbage) {
         buf_puts(&c->body, "<html>mock garbage: this is not JSON {\"");
+        return answer_body(c, 200, "application/json", -1);
+    }
+    if (c->fail && d->invalid) {    /* brackets line up, the grammar does not */
+        buf_puts(&c->body, "{\"id\":\"x\",\"choices\":[},\"object\": tru}");
         return answer_body(c, 200, "application/json", -1);
     }
     c->reply.id = ++s->seq;

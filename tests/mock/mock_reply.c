@@ -140,6 +140,10 @@ int reply_prepare(struct mock_reply *r, enum mock_api api, const char *body, siz
     r->cache_write = d->cache_write;
     r->no_usage = d->no_usage;
     r->include_usage = false;
+    if (d->usage == 1)
+        r->prompt_tokens = -5;
+    if (d->usage == 2)
+        r->prompt_tokens = r->cache_read = 1L << 62;
     r->chunks = d->stream_n < 1 ? 1 : d->stream_n;
     if (api == MOCK_API_MODELS)
         return 0;
@@ -197,7 +201,7 @@ static int body_usage(struct buf *out, const struct mock_reply *r)
     buf_printf(out, "\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
                "\"total_tokens\":%ld", r->prompt_tokens, r->completion_tokens,
                r->prompt_tokens + r->completion_tokens);
-    if (cached)     /* cache_read=N only: the answers stay as short as they were */
+    if (cached > 0)     /* cache_read=N only: the answers stay as short as they were */
         buf_printf(out, ",\"prompt_tokens_details\":{\"cached_tokens\":%ld}", cached);
     return buf_puts(out, "},");
 }

@@ -24,6 +24,8 @@ void mock_dirs_init(struct mock_dirs *d)
     d->stream_n = 3;
     d->cache_read = d->cache_write = 0;
     d->reset = d->garbage = d->stall = d->tool = d->no_usage = false;
+    d->invalid = d->echo_head = false;
+    d->usage = 0;
 }
 
 static bool dir_char(char c)
@@ -84,6 +86,14 @@ static void dirs_item(struct mock_dirs *d, const char *k, size_t klen, const cha
         d->tool = true;
     else if (klen == 8 && memcmp(k, "no_usage", 8) == 0)
         d->no_usage = true;
+    else if (klen == 7 && memcmp(k, "invalid", 7) == 0)
+        d->invalid = true;
+    else if (klen == 9 && memcmp(k, "echo_head", 9) == 0)
+        d->echo_head = true;
+    else if (klen == 9 && memcmp(k, "neg_usage", 9) == 0)
+        d->usage = 1;
+    else if (klen == 10 && memcmp(k, "huge_usage", 10) == 0)
+        d->usage = 2;
 }
 
 static void dirs_parse(struct mock_dirs *d, const char *s, const char *end)

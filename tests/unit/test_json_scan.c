@@ -40,15 +40,30 @@ static void test_skips_nested_and_tricky_strings(void **state)
     assert_null(value_of("{\"model\":\"unterminated", "model"));
 }
 
-static void test_structural_object_check(void **state)
+static void test_pick_decodes_names_and_finds_duplicates(void **state)
 {
-    const char *good[] = {"{}", " {\"a\":1} ", "{\"a\":{\"b\":[1,2,\"]\"]},\"c\":\"}\"}"};
-    const char *bad[] = {"", "not json", "[1]", "{\"a\":1", "{\"a\":1}x", "{\"a\":}",
-                         "{\"a\" 1}", "{\"a\":{\"b\":1}", "{\"a\":\"x}"};
-    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
-        assert_int_equal(json_scan_object(good[i], strlen(good[i])), 0);
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        assert_int_equal(json_scan_object(bad[i], strlen(bad[i])), -1);
+    const char *t = "{\"mo\\u0064el\":\"a\",\"stream\":true,\"x\":{\"model\":1}}";
+    struct json_pick pk[] = {{"model", 0, 0, false}, {"stream", 0, 0, false},
+                             {"messages", 0, 0, false}};
+    assert_int_equal(json_scan_pick(t, strlen(t), pk, 3), 0);
+    assert_true(pk[0].found && pk[1].found && !pk[2].found);
+    assert_int_equal(pk[0].end - pk[0].start, 3);
+    const char *d = "{\"model\":\"a\",\"m\":1,\"model\":\"b\"}";
+    assert_int_equal(json_scan_pick(d, strlen(d), pk, 3), 1);
+    const char *e = "{\"stream\":1,\"str\\u0065am\":2}";
+    assert_int_equal(json_scan_pick(e, strlen(e), pk, 3), 2);
+    assert_int_equal(json_scan_pick("[1]", 3, pk, 3), -1);
+}
+
+static void test_next_walks_array_elements(void **state)
+{
+    const char *t = "[ {\"a\":[1,2]} , \"x,y\", 3 ]";
+    size_t pos = 0, s, e, n = 0;
+    while (json_scan_next(t, strlen(t), &pos, &s, &e) > 0)
+        n++;
+    assert_int_equal(n, 3);
+    pos = 0;
+    assert_int_equal(json_scan_next("[]", 2, &pos, &s, &e), 0);
 }
 
 int main(void)
@@ -56,7 +71,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_finds_top_level_members),
         cmocka_unit_test(test_skips_nested_and_tricky_strings),
-        cmocka_unit_test(test_structural_object_check),
+        cmocka_unit_test(test_pick_decodes_names_and_finds_duplicates),
+        cmocka_unit_test(test_next_walks_array_elements),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
