@@ -263,6 +263,8 @@ static void span_end(struct attempt *a, const struct conf_target *t, long status
                             &a->sent);
     in.attempt = a->number;
     in.status = status;
+    if (status < 200 || status >= 300)
+        in.answer = NULL;   /* an upstream's error body may reflect its secrets: never exported */
     in.error = error;
     in.event = event;
     trace_attempt_end(a->p->r, &a->span, &in);

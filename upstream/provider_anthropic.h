@@ -40,9 +40,9 @@ struct anthropic_stream {
 };
 
 /* An Anthropic usage object into u (prompt includes the cache reads and writes, counted
- * apart too), each count taken only when valid (usage_take), an absent or invalid one as 0 (output_tokens:
- * left alone); u is left alone when usage is not
- * an object. Returns how many counts were present but invalid. */
+ * apart too), each count taken only when valid (usage_take): an absent or invalid one is 0
+ * (output_tokens: u's completion is left as it was). u is left alone when usage is not an
+ * object. Returns how many counts were present but invalid. */
 unsigned anthropic_usage(const json_t *usage, struct usage *u);
 /* A message_delta's usage: newer API versions repeat the (cumulative) input counts, taken as
  * above; older ones give only the output count, which is cumulative and replaces. */

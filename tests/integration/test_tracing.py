@@ -198,6 +198,15 @@ class CaptureContentTest(TracingCase):
         self.assertIn("secret-words", call["attrs"]["gen_ai.prompt"])
         self.assertIn("echo: secret-words", call["attrs"]["gen_ai.completion"])
 
+    def test_upstream_error_body_not_exported(self):
+        # an upstream's error body may reflect its secrets: the span keeps the prompt only
+        tp = "00-%s-%s-01" % ("6" * 32, PARENT)
+        st = self.d.chat("boom @mock:status=400", headers={"traceparent": tp})[0]
+        self.assertEqual(st, 400)
+        call = [s for s in self.spans_of("6" * 32, 2) if s["kind"] == 3][0]
+        self.assertIn("boom", call["attrs"]["gen_ai.prompt"])
+        self.assertNotIn("gen_ai.completion", call["attrs"])
+
 
 class DeadCollectorTest(Case):
     """Nothing listens at the endpoint: requests are served as fast as ever."""

@@ -31,7 +31,7 @@ static void test_anthropic_cache_kinds_validated(void **state)
     assert_int_equal(got.prompt, 10);
     assert_int_equal(got.cache_read, 0);
     assert_int_equal(got.cache_write, 0);
-    assert_int_equal(got.completion, 7);                /* an invalid output count changes nothing */
+    assert_int_equal(got.completion, 7);    /* an invalid output count changes nothing */
 }
 
 static void test_anthropic_delta_output_only(void **state)
