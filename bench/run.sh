@@ -5,7 +5,7 @@
 #
 # usage: sh bench/run.sh [BUILD]   (BUILD holds llmuxd and mock_upstream; default "build")
 # Environment: BENCH_SECONDS (per wrk run, default 10), BENCH_S3_CONNS (10000),
-# BENCH_IDLE_CONNS (50000), BENCH_SCENARIOS ("1 1b 2 3 4"), BENCH_OUT (the report file),
+# BENCH_IDLE_CONNS (50000), BENCH_SCENARIOS ("1 1b 2 3 4 t1 t2 t3"), BENCH_OUT (the report file),
 # BENCH_PERF=1 (perf record llmuxd in scenario 1, into the report). Setting any of the first
 # four makes a partial run: its report goes to BUILD/bench/report.md, the README is left alone.
 set -u
@@ -17,7 +17,7 @@ ROOT=$(dirname "$HERE")
 SECS=${BENCH_SECONDS:-10}
 S3_WANT=${BENCH_S3_CONNS:-10000}
 S4_WANT=${BENCH_IDLE_CONNS:-50000}
-SCENARIOS=${BENCH_SCENARIOS:-1 1b 2 3 4}
+SCENARIOS=${BENCH_SCENARIOS:-1 1b 2 3 4 t1 t2 t3}
 HOST=$(hostname -s 2>/dev/null || hostname)
 DAY=$(date +%Y-%m-%d)
 # Only a full run with the default sizes goes to results/ and the README; other runs report into
@@ -149,11 +149,13 @@ timeouts:
 upstreams:
   - name: mock
     provider: openai
-    base_url: http://127.0.0.1:$MOCK_PORT/v1
+    base_url: $UP_URL
     api_key: sk-bench
     max_connections: 10000      # one per in-flight call (HTTP/1.1); with 10k clients, the rest
                                 # of the 20k descriptor limit
     timeout: 120s
+    http: "$UP_HTTP"
+    ca_file: $T/cert.pem
 models:
   - name: m
     retries: 0
@@ -182,7 +184,12 @@ start_target() {
     llmuxd*)
         SRV_PORT=$(free_port)
         st_w=1
-        case $1 in llmuxd-w*) st_w=${1#llmuxd-w} ;; esac
+        UP_URL=http://127.0.0.1:$MOCK_PORT/v1 UP_HTTP=auto
+        case $1 in
+        llmuxd-w*) st_w=${1#llmuxd-w} ;;
+        llmuxd-h1) UP_URL=https://127.0.0.1:$NG_PORT/v1 UP_HTTP=1.1 ;;
+        llmuxd-h2) UP_URL=https://127.0.0.1:$NG_PORT/v1 UP_HTTP=2 ;;
+        esac
         llmuxd_config "$SRV_PORT" "$st_w" >"$T/llmux.yaml"
         "$BUILD/llmuxd" -c "$T/llmux.yaml" >"$T/llmuxd.log" 2>&1 &
         SRV_PID=$!
@@ -194,7 +201,10 @@ start_target() {
         SRV_PORT=$(free_port)
         rm -rf "$T/nginx"
         mkdir -p "$T/nginx"
-        sed -e "s|@PREFIX@|$T/nginx|g" -e "s|@PORT@|$SRV_PORT|g" -e "s|@MOCK_PORT@|$MOCK_PORT|g" \
+        st_up=$MOCK_PORT st_scheme=http
+        [ -n "$NG_PID" ] && st_up=$NG_PORT st_scheme=https
+        sed -e "s|@PREFIX@|$T/nginx|g" -e "s|@PORT@|$SRV_PORT|g" -e "s|@MOCK_PORT@|$st_up|g" \
+            -e "s|@SCHEME@|$st_scheme|g" \
             -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKER_CONNECTIONS@|$((NOFILE * 2))|g" \
             "$HERE/nginx.conf" >"$T/nginx/nginx.conf"
         "$NGINX" -p "$T/nginx" -c "$T/nginx/nginx.conf" -e "$T/nginx/error.log" \
@@ -215,43 +225,63 @@ start_target() {
     esac
 }
 
-# Stops the target and the mock behind it.
+# nghttpx (TLS, HTTP/2 and HTTP/1.1 by ALPN, a self-signed certificate) in front of the mock,
+# as hosted providers serve; its access log keeps each request's client port, so the distinct
+# ports are the upstream connections the target opened. Sets NG_PORT, NG_PID.
+start_nghttpx() {
+    NG_PORT=$(free_port)
+    rm -f "$T/ng.access"
+    nghttpx --conf=/dev/null --workers=1 --no-ocsp --rlimit-nofile="$NOFILE" \
+        -f"127.0.0.1,$NG_PORT" -b"127.0.0.1,$MOCK_PORT" --backend-keep-alive-timeout=300s \
+        --accesslog-file="$T/ng.access" --accesslog-format='$remote_port' \
+        --errorlog-file="$T/ng.err" "$T/key.pem" "$T/cert.pem" 2>>"$T/ng.err" &
+    NG_PID=$!
+    PIDS="$PIDS $NG_PID"
+    wait_port "$NG_PORT" "$NG_PID" || die "nghttpx did not start: $(tail -5 "$T/ng.err")"
+}
+
+# Stops the target and the upstream behind it.
 stop_all() {
     [ -n "$SRV_PID" ] && stop_pid "$SRV_PID"
+    [ -n "$NG_PID" ] && stop_pid "$NG_PID"
+    NG_PID=""
     stop_pid "$MOCK_PID"
 }
 
 # --- one measured row --------------------------------------------------------------------------
 
-# row SCENARIO TARGET CONNS RPS P50 P99 ERRORS CPU10K HWM_MB MEMORY — one table line, and the
-# same figures as key=value lines for the target checks.
+# row SCENARIO TARGET CONNS RPS P50 P99 ERRORS CPU10K HWM_MB MEMORY [UPSTREAM_CONNS] — one
+# table line, and the same figures as key=value lines for the target checks.
 row() {
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$@" >>"$T/rows"
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" \
+        "$5" "$6" "$7" "$8" "$9" "${10}" "${11:--}" >>"$T/rows"
     printf '%s.%s.rps=%s\n%s.%s.p99=%s\n%s.%s.errors=%s\n%s.%s.cpu=%s\n%s.%s.hwm=%s\n' \
         "$1" "$2" "$4" "$1" "$2" "$6" "$1" "$2" "$7" "$1" "$2" "$8" "$1" "$2" "$9" >>"$T/kv"
     printf '%s.%s.mem=%s\n%s.%s.conns=%s\n' "$1" "$2" "${10}" "$1" "$2" "$3" >>"$T/kv"
 }
 
-# wrk_run CONNS DELAY_MS SECONDS TIMEOUT_S — runs wrk once at the target; sets the RESULT
-# fields as w_requests, w_duration_us, w_connect, w_read, w_write, w_status, w_timeout, w_p50_us...
+# wrk_run CONNS DELAY_MS SECONDS TIMEOUT_S [DIRECTIVES] — runs wrk once at the target; sets the
+# RESULT fields as w_requests, w_duration_us, w_connect, w_read, w_write, w_status, w_timeout,
+# w_p50_us...
 wrk_run() {
     w_requests=0 w_duration_us=1 w_connect=0 w_read=0 w_write=0 w_status=0 w_timeout=0
     w_p50_us=0 w_p99_us=0 w_body_bytes=300
     timeout -k 5 $(($3 + $4 + 60)) wrk -t1 -c"$1" -d"$3"s --timeout "$4"s -s "$HERE/chat.lua" \
-        "http://127.0.0.1:$SRV_PORT/v1/chat/completions" -- "$2" >"$T/wrk.out" 2>&1
+        "http://127.0.0.1:$SRV_PORT/v1/chat/completions" -- "$2" ${5:+"$5"} >"$T/wrk.out" 2>&1
     wr_line=$(grep '^RESULT' "$T/wrk.out")
     [ -n "$wr_line" ] || log "wrk gave no result: $(tail -3 "$T/wrk.out")"
     eval "$(printf '%s\n' "$wr_line" | tr ' ' '\n' | grep -E '^[a-z0-9_]+=[0-9]+$' | sed 's/^/w_/')"
 }
 
-# measure SCENARIO TARGET CONNS DELAY_MS SECONDS TIMEOUT_S [per-inflight] — a fresh mock and
-# target, one wrk run, one row.
+# measure SCENARIO TARGET CONNS DELAY_MS SECONDS TIMEOUT_S [per-inflight|-] [DIRECTIVES] — a
+# fresh mock (behind nghttpx for the t* scenarios) and target, one wrk run, one row.
 measure() {
     start_mock
+    case $1 in t*) start_nghttpx ;; esac
     start_target "$2"
     sleep 0.3
     me_base=$(status_kb VmRSS $MEM_PIDS)
-    if [ "$1" = 1 ]; then
+    if [ "$1" = 1 ] || [ "$1" = t3 ]; then
         wrk_run 16 0 1 5           # warm-up (not measured): connection pools, page faults
     fi
     if [ "$2" = llmuxd ] && [ "$1" = 1 ] && [ "${BENCH_PERF:-0}" = 1 ]; then
@@ -261,9 +291,11 @@ measure() {
         sleep 0.5
     fi
     me_t0=$(ticks $CPU_PIDS)
-    wrk_run "$3" "$4" "$5" "$6"
+    wrk_run "$3" "$4" "$5" "$6" "${8:-}"
     me_t1=$(ticks $CPU_PIDS)
     me_hwm=$(status_kb VmHWM $MEM_PIDS)
+    me_up=-
+    [ -n "$NG_PID" ] && me_up=$(sort -u "$T/ng.access" | wc -l)
     if [ -n "${PERF_PID:-}" ]; then
         kill -INT "$PERF_PID"
         wait "$PERF_PID" 2>/dev/null
@@ -276,7 +308,7 @@ measure() {
         done >"$T/perf.top"
     fi
     me_mem=-
-    if [ "${7:-}" = per-inflight ]; then
+    if [ "${7:--}" = per-inflight ]; then
         me_mem=$(awk -v h="$me_hwm" -v b="$me_base" -v c="$3" \
             'BEGIN { printf "%.1f KB/in-flight", (h - b) / c }')
     fi
@@ -289,9 +321,10 @@ measure() {
                 (r >= 100 ? sprintf("%.3f", t / hz / r * 10000) : "-"), h / 1024
         }' >"$T/fig"
     read -r me_rps me_p50 me_p99 me_err me_cpu me_mb <"$T/fig" || die "no figures for $1 $2"
-    row "$1" "$2" "$3" "$me_rps" "$me_p50" "$me_p99" "$me_err" "$me_cpu" "$me_mb" "$me_mem"
+    row "$1" "$2" "$3" "$me_rps" "$me_p50" "$me_p99" "$me_err" "$me_cpu" "$me_mb" "$me_mem" \
+        "$me_up"
     log "scenario $1 $2: $me_rps req/s, p50 $me_p50 ms, p99 $me_p99 ms, $me_err errors," \
-        "$me_cpu CPU-s/10k, peak RSS $me_mb MB $me_mem"
+        "$me_cpu CPU-s/10k, peak RSS $me_mb MB $me_mem, upstream connections $me_up"
 }
 
 # idle SCENARIO TARGET COUNT — COUNT idle keep-alive connections; RSS growth per connection.
@@ -360,6 +393,16 @@ cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -o "$BUILD/bench/idle_conns" "$HERE/
 
 TARGETS="direct llmuxd"
 [ -n "$NGINX" ] && TARGETS="$TARGETS nginx"
+NG_PID=""
+case " $SCENARIOS " in *" t"[123]" "*)
+    command -v nghttpx >/dev/null || die "nghttpx is missing (apt-get install nghttp2-proxy)"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -keyout "$T/key.pem" -out "$T/cert.pem" \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null ||
+        die "openssl could not make the test certificate"
+    ;;
+esac
+# Scenario t1 fits nghttpx too: a client and a backend descriptor per call under nginx.
+T1_CONNS=$((S3_CONNS - 64))
 log "open files limit $NOFILE; scenario 3 at $S3_CONNS connections, scenario 4 at $S4_CONNS"
 : >"$T/rows"
 : >"$T/kv"
@@ -367,13 +410,18 @@ log "open files limit $NOFILE; scenario 3 at $S3_CONNS connections, scenario 4 a
 # --- the scenarios -----------------------------------------------------------------------------
 
 for sc in $SCENARIOS; do
-    for tg in $TARGETS; do
+    sc_targets=$TARGETS
+    case $sc in t*) sc_targets="llmuxd-h1 llmuxd-h2${NGINX:+ nginx}" ;; esac
+    for tg in $sc_targets; do
         case $sc in
         1) measure 1 "$tg" 64 0 "$SECS" 5 ;;
         1b) measure 1b "$tg" 1 0 $(((SECS + 1) / 2)) 5 ;;
         2) measure 2 "$tg" 1000 50 "$SECS" 10 ;;
         3) measure 3 "$tg" "$S3_CONNS" 1000 "$SECS" 30 per-inflight ;;
         4) idle 4 "$tg" "$S4_CONNS" ;;
+        t1) measure t1 "$tg" "$T1_CONNS" 1000 "$SECS" 30 per-inflight ;;
+        t2) measure t2 "$tg" 1000 0 13 30 - stream=100,interval=100 ;;
+        t3) measure t3 "$tg" 64 0 "$SECS" 5 ;;
         *) die "unknown scenario $sc" ;;
         esac
     done
@@ -388,7 +436,7 @@ kv() { awk -F= -v k="$1" '$1 == k { v = $2 } END { print v }' "$T/kv"; }
 check() {
     ck_ok=$(awk -v a="$2" -v b="$4" -v op="$3" 'BEGIN {
         if (a == "" || a == "-" || b == "" || b == "-") { print "n/a"; exit }
-        ok = op == "<=" ? a + 0 <= b + 0 : a + 0 == b + 0
+        ok = op == "<=" ? a + 0 <= b + 0 : op == ">=" ? a + 0 >= b + 0 : a + 0 == b + 0
         print ok ? "met" : "MISSED" }')
     printf -- '- %s: %s %s %s — **%s**\n' "$1" "$2" "$3" "$4" "$ck_ok"
 }
@@ -404,12 +452,25 @@ targets_md() {
     check "scenario 3, llmuxd peak RSS (MB) ≤ 100" "$(kv 3.llmuxd.hwm)" "<=" 100
     check "scenario 4, llmuxd KB per idle connection ≤ 2" \
         "$(kv 4.llmuxd.mem | awk '{ print $1 }')" "<=" 2
+    half() { awk -v a="$1" -v f="$2" 'BEGIN { if (a == "") print ""; else printf "%.1f", a * f }'; }
+    check "scenario 1, llmuxd CPU-s per 10k ≤ 1.5 × nginx's" "$(kv 1.llmuxd.cpu)" "<=" \
+        "$(half "$(kv 1.nginx.cpu)" 1.5)"
+    check "scenario 2, llmuxd req/s ≥ 0.9 × nginx's" "$(kv 2.llmuxd.rps)" ">=" \
+        "$(half "$(kv 2.nginx.rps)" 0.9)"
+    check "scenario 3, llmuxd p99 (ms) ≤ nginx's" "$(kv 3.llmuxd.p99)" "<=" "$(kv 3.nginx.p99)"
+    check "scenario t1, llmuxd-h2 errors at $T1_CONNS in flight" "$(kv t1.llmuxd-h2.errors)" "==" 0
+    check "scenario t1, llmuxd-h2 peak RSS (MB) ≤ 100" "$(kv t1.llmuxd-h2.hwm)" "<=" 100
+    check "scenario t1, llmuxd-h2 peak RSS (MB) ≤ 0.5 × nginx's" "$(kv t1.llmuxd-h2.hwm)" "<=" \
+        "$(half "$(kv t1.nginx.hwm)" 0.5)"
+    check "scenario t1, llmuxd-h2 p99 (ms) ≤ 1100" "$(kv t1.llmuxd-h2.p99)" "<=" 1100
+    check "scenario t1, llmuxd-h1 peak RSS (MB) ≤ nginx's" "$(kv t1.llmuxd-h1.hwm)" "<=" \
+        "$(kv t1.nginx.hwm)"
 }
 
 table_md() {
     printf '| # | target | conns | req/s | p50 ms | p99 ms | errors | CPU-s/10k req |'
-    echo ' peak RSS MB | memory |'
-    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"
+    echo ' peak RSS MB | memory | upstream conns |'
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|"
     cat "$T/rows"
 }
 
@@ -431,7 +492,13 @@ MEMGB=$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
     echo "  peak RSS = VmHWM (nginx: the worker); memory = RSS growth / connections"
     echo "- scenarios: 1 = delay 0, 64 conns; 1b = delay 0, 1 conn (unloaded latency);"
     echo "  2 = delay 50 ms, 1000 conns; 3 = delay 1000 ms, $S3_CONNS conns;" \
-        "4 = $S4_CONNS idle keep-alive conns"
+        "4 = $S4_CONNS idle keep-alive conns;"
+    echo "  t1–t3: the upstream is nghttpx (TLS, HTTP/2 or HTTP/1.1 by ALPN, 1 worker, 100"
+    echo "  streams per connection) in front of the mock; llmuxd-h1 = \`http: 1.1\`,"
+    echo "  llmuxd-h2 = \`http: 2\`,"
+    echo "  nginx = \`proxy_pass https://\` with keepalive; t1 = delay 1000 ms, $T1_CONNS conns;"
+    echo "  t2 = 1000 streams of 100 chunks every 100 ms (10 s each), one per connection, 13 s;"
+    echo "  t3 = delay 0, 64 conns; upstream conns = connections nghttpx saw from the target"
     echo
     table_md
     echo

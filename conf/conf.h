@@ -13,6 +13,9 @@
 enum conf_provider { PROVIDER_OPENAI, PROVIDER_ANTHROPIC };
 enum conf_strategy { STRATEGY_WEIGHTED, STRATEGY_FALLBACK, STRATEGY_LEAST_INFLIGHT };
 enum conf_state_backend { STATE_MEMORY, STATE_REDIS };
+/* Upstream HTTP version: auto = ALPN on https (h2 when offered), HTTP/1.1 on http; 2 on http
+ * is prior knowledge (h2c), on https h2 only. */
+enum conf_http { CONF_HTTP_AUTO, CONF_HTTP_1_1, CONF_HTTP_2 };
 
 struct target_health;               /* runtime breaker state (upstream/health.h), not config */
 
@@ -38,6 +41,7 @@ struct conf_upstream {
     uint64_t max_response_bytes;    /* default 64m: cap on a buffered upstream answer */
     char *ca_file;                  /* PEM bundle to verify https upstreams; NULL = system's */
     bool tls_verify;                /* default true; false only for a lab upstream */
+    enum conf_http http;            /* default auto */
 };
 
 /* One row of `prices:`: USD per `per` tokens of each kind, for upstream model names matching

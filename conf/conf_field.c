@@ -194,6 +194,17 @@ int conf_field_provider(struct conf_ctx *x, const struct ynode *v, const char *p
     return i < 0 ? -1 : 0;
 }
 
+int conf_field_http(struct conf_ctx *x, const struct ynode *v, const char *path,
+                    const struct field *f, void *base)
+{
+    static const char *const names[] = {"auto", "1.1", "2"};
+    static const enum conf_http vals[] = {CONF_HTTP_AUTO, CONF_HTTP_1_1, CONF_HTTP_2};
+    int i = pick(x, v, path, names, 3, "auto, 1.1 or 2");
+    if (i >= 0)
+        *(enum conf_http *)FIELD_AT(base, f->off) = vals[i];
+    return i < 0 ? -1 : 0;
+}
+
 int conf_field_strategy(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base)
 {

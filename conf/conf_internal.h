@@ -135,6 +135,8 @@ int conf_field_secret_file(struct conf_ctx *x, const struct ynode *v, const char
                            const struct field *f, void *base);
 int conf_field_provider(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base);
+int conf_field_http(struct conf_ctx *x, const struct ynode *v, const char *path,
+                    const struct field *f, void *base);
 int conf_field_strategy(struct conf_ctx *x, const struct ynode *v, const char *path,
                         const struct field *f, void *base);
 int conf_field_backend(struct conf_ctx *x, const struct ynode *v, const char *path,

@@ -314,6 +314,7 @@ static const struct field upstream_fields[] = {
     {"max_response_bytes", conf_field_size, U(max_response_bytes), 1, 0, false, NULL, 0},
     {"ca_file", conf_field_string, U(ca_file), 0, 0, false, NULL, 0},
     {"tls_verify", conf_field_bool, U(tls_verify), 0, 0, false, NULL, 0},
+    {"http", conf_field_http, U(http), 0, 0, false, NULL, 0},
 };
 
 static void upstream_init(void *item)

@@ -385,6 +385,11 @@ static void fill_spec(struct call_spec *spec, const struct request *r,
     spec->max_response_bytes = up->max_response_bytes;    /* streamed or not, any status */
     spec->ca_file = up->ca_file;
     spec->tls_verify = up->tls_verify;
+    spec->http = up->http == CONF_HTTP_2 ? CALL_HTTP_2
+               : up->http == CONF_HTTP_1_1 ? CALL_HTTP_1_1 : CALL_HTTP_AUTO;
+    unsigned nw = r->w->srv->nworkers;
+    spec->gate_key = up->name;
+    spec->gate_cap = (up->max_connections + nw - 1) / nw;
 }
 
 int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t, bool probe)

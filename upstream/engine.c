@@ -1,6 +1,7 @@
 /* engine: the curl_multi ↔ libev glue (one socket callback, one timer callback, one info loop,
- * as in curl's evhiperfifo.c) and the call object: one easy handle, its headers, body and state. */
-#include "upstream/engine.h"
+ * as in curl's evhiperfifo.c), shards, the easy-handle pool, the gates' pump and a call's life
+ * cycle (start, cancel, resume, end); its transfer options and callbacks are in call.c. */
+#include "upstream/engine_int.h"
 
 #include <malloc.h>
 #include <stdbool.h>
@@ -10,67 +11,14 @@
 #include <string.h>
 #include <strings.h>
 
-#define EASY_POOL_MAX 1024  /* idle easy handles kept for reuse (curl_easy_reset is cheap) */
-#define POOL_KEEP 16        /* handles kept however quiet it gets */
-#define TRIM_SECONDS 2.0
-#define RECV_BUFFER 4096    /* per transfer: curl's 16 KiB default, times 10k calls, is 160 MB */
-
-/* libcurl 7.88 scans a host's whole connection bundle to find one to reuse: linear in the
- * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. When
- * max_connections allows more than SHARD_CONNECTIONS, the engine has several multi handles
- * (shards), each with its own connection cache, and fills them in order: at low concurrency
- * everything stays on the first (one batch per loop turn), at high each scan covers a part. */
-#define SHARD_CONNECTIONS 1024
-#define MAX_SHARDS 16
-
-struct shard {
-    struct engine *e;
-    CURLM *multi;
-    ev_timer timer;
-    unsigned active;
-};
-
-struct engine {
-    struct ev_loop *loop;
-    struct shard shards[MAX_SHARDS];
-    unsigned nshards;
-    unsigned shard_cap;     /* calls a shard takes before the next one is used */
-    ev_timer trim;          /* gives back pooled handles a burst left behind */
-    unsigned pool_low;      /* fewest pooled handles seen since the last trim */
-    unsigned active;
-    unsigned depth;         /* > 0 while a call's callback runs (inside curl) */
-    struct call *deferred;  /* cancelled inside another call's callback: freed after it */
-    CURL *pool[EASY_POOL_MAX];
-    unsigned npool;
-};
-
 struct sock_watch {
     ev_io io;
     struct shard *sh;
 };
 
-struct call {
-    struct engine *e;
-    struct shard *sh;
-    CURL *easy;
-    struct curl_slist *headers;
-    char *body;
-    unsigned sends;
-    const struct call_ops *ops;
-    void *ud;
-    uint64_t max_bytes;
-    uint64_t received;
-    int64_t retry_after_ms;
-    ev_tstamp started;
-    ev_timer phase;                 /* first_byte, then idle: one timer re-armed per phase */
-    ev_tstamp last_byte;            /* when body bytes last came (loop clock, no syscall) */
-    double first_byte_s, idle_s;
-    bool head_sent, in_cb, cancelled, too_large, paused;
-    struct call *next_deferred;
-    char errbuf[CURL_ERROR_SIZE];
-};
-
 static void check_multi_info(struct shard *sh);
+static void on_pump(struct ev_loop *loop, ev_prepare *w, int revents);
+static int call_launch(struct call *c);
 static void call_free(struct call *c);
 static void on_phase(struct ev_loop *loop, ev_timer *t, int revents);
 
@@ -174,7 +122,25 @@ static int shard_init(struct shard *sh, struct engine *e, long max_host, long ma
         curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, max_cached);
     if (max_host > 0)
         curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+    /* The gates count on it (curl's default; the smaller of it and the server's SETTINGS
+     * applies). */
+    curl_multi_setopt(sh->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)GATE_STREAMS);
     return 0;
+}
+
+/* Connections stay per shard (a shared cache would bring back the bundle scan sharding
+ * avoids); TLS sessions and DNS answers are worth sharing: a new connection resumes. */
+static CURLSH *share_new(void)
+{
+    CURLSH *sh = curl_share_init();
+    if (!sh)
+        return NULL;
+    if (curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+        curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK) {
+        curl_share_cleanup(sh);
+        return NULL;
+    }
+    return sh;
 }
 
 struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long max_cached)
@@ -183,6 +149,12 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
     if (!e)
         return NULL;
     e->loop = loop;
+    ev_prepare_init(&e->pump, on_pump);
+    e->pump.data = e;
+    if (!(e->share = share_new())) {
+        free(e);
+        return NULL;
+    }
     long n = (max_host_connections + SHARD_CONNECTIONS - 1) / SHARD_CONNECTIONS;
     e->nshards = n < 1 ? 1 : n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
     long per_host = (max_host_connections + e->nshards - 1) / e->nshards;
@@ -210,12 +182,15 @@ void engine_free(struct engine *e)
         ev_ref(e->loop);
         ev_timer_stop(e->loop, &e->trim);
     }
+    ev_prepare_stop(e->loop, &e->pump);
     for (unsigned i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
     for (unsigned i = 0; i < e->nshards; i++) {
         ev_timer_stop(e->loop, &e->shards[i].timer);
         curl_multi_cleanup(e->shards[i].multi);   /* CURL_POLL_REMOVE frees the watchers */
     }
+    curl_share_cleanup(e->share);
+    gate_free_all(&e->gates);   /* after the multi handles: their sockets close into them */
     free(e);
 }
 
@@ -239,153 +214,76 @@ static void easy_put(struct engine *e, CURL *easy)
         curl_easy_cleanup(easy);
 }
 
-/* Removes the handle (closing its connection if the transfer was unfinished) and frees. */
-static void call_free(struct call *c)
+/* Runs once the loop is outside curl and every callback: starts what the freed slots allow.
+ * A call curl refuses ends here with CALL_ERROR. */
+static void on_pump(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct engine *e = w->data;
+    ev_prepare_stop(loop, w);
+    for (struct gate *g = e->gates; g; g = g->next) {
+        struct gate_wait *w;
+        bool opener;
+        while ((w = gate_pop(g, &opener))) {
+            struct call *c = (struct call *)((char *)w - offsetof(struct call, wait));
+            c->queued = false;
+            c->opener = opener;
+            if (call_launch(c) == 0) {
+                free((char *)c->spec.url);
+                c->spec.url = NULL;
+                continue;
+            }
+            const struct call_ops *ops = c->ops;
+            void *ud = c->ud;
+            c->gate = NULL;
+            call_free(c);
+            ops->on_done(ud, CALL_ERROR, 0, "out of memory starting the upstream call");
+        }
+    }
+}
+
+/* Takes the call off curl (closing its connection if the transfer was unfinished) or out of
+ * its queue; a freed slot starts the next queued call. */
+static void call_release(struct call *c)
 {
     struct engine *e = c->e;
     ev_timer_stop(e->loop, &c->phase);
+    if (c->queued) {
+        gate_remove(c->gate, &c->wait);
+        c->queued = false;
+        return;
+    }
+    if (!c->easy)
+        return;
     curl_multi_remove_handle(c->sh->multi, c->easy);
-    c->sh->active--;
+    if (!c->multiplex)
+        c->sh->active--;
     easy_put(e, c->easy);
+    c->easy = NULL;
+    e->active--;
+    if (c->gate) {
+        gate_ended(c->gate, c->opener);
+        c->opener = false;
+        if (c->gate->head)
+            ev_prepare_start(e->loop, &e->pump);    /* room again: start the next there */
+    }
+}
+
+static void call_free(struct call *c)
+{
+    call_release(c);
+    free((char *)c->spec.url);
     curl_slist_free_all(c->headers);
     free(c->body);
-    e->active--;
+    buf_free(&c->held);
     free(c);
 }
 
-static int64_t parse_retry_after(const char *v, size_t n)
-{
-    int64_t secs = 0;
-    size_t i = 0;
-    while (i < n && (v[i] == ' ' || v[i] == '\t'))
-        i++;
-    if (i == n || v[i] < '0' || v[i] > '9')
-        return -1;      /* HTTP-date form: treated as absent, backoff applies */
-    for (; i < n && v[i] >= '0' && v[i] <= '9' && secs < 86400; i++)
-        secs = secs * 10 + (v[i] - '0');
-    return secs * 1000;
-}
-
-/* (Re)arms the phase timer to fire after s seconds; 0 stops it. */
-static void phase_arm(struct call *c, double s)
-{
-    c->phase.repeat = s;
-    ev_timer_again(c->e->loop, &c->phase);
-}
-
-static void deliver_head(struct call *c)
-{
-    long status = 0;
-    c->head_sent = true;
-    c->last_byte = ev_now(c->e->loop);
-    phase_arm(c, c->idle_s);     /* first_byte is over; idle watches the body from here */
-    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-    c->in_cb = true;
-    c->e->depth++;
-    c->ops->on_head(c->ud, status, c->retry_after_ms);
-    c->e->depth--;
-    c->in_cb = false;
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *ud)
-{
-    struct call *c = ud;
-    static const char ra[] = "retry-after:";
-    if (c->cancelled)
-        return 0;
-    if (n > sizeof ra - 1 && strncasecmp(p, ra, sizeof ra - 1) == 0)
-        c->retry_after_ms = parse_retry_after(p + sizeof ra - 1, n - (sizeof ra - 1));
-    if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
-        long status = 0;
-        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-        if (status >= 200 && !c->head_sent)
-            deliver_head(c);
-    }
-    return c->cancelled ? 0 : n;
-}
-
-static size_t on_write(char *p, size_t size, size_t n, void *ud)
-{
-    struct call *c = ud;
-    if (!c->head_sent && !c->cancelled)
-        deliver_head(c);
-    if (c->cancelled)
-        return 0;
-    if (c->max_bytes && c->received + n > c->max_bytes) {
-        c->too_large = true;
-        return 0;
-    }
-    c->in_cb = true;
-    c->e->depth++;
-    enum call_verdict v = c->ops->on_data(c->ud, p, n);
-    c->e->depth--;
-    c->in_cb = false;
-    if (c->cancelled)
-        return 0;
-    c->last_byte = ev_now(c->e->loop);  /* the idle timer checks it when it fires: no re-arm */
-    if (v == CALL_PAUSE) {
-        c->paused = true;
-        return CURL_WRITEFUNC_PAUSE;
-    }
-    c->received += n;
-    return n;
-}
-
-/* Runs before each send of the request. curl re-sends silently when a reused connection turns
- * out dead before any answer: once is right (a keep-alive connection the upstream had closed),
- * more would multiply one prompt into many, so a third send fails the attempt instead and the
- * model's retry policy decides. */
-static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port)
-{
-    struct call *c = ud;
-    if (++c->sends > 2)
-        return CURL_PREREQFUNC_ABORT;
-    if (!c->head_sent)
-        phase_arm(c, c->first_byte_s);  /* the request leaves now: first_byte counts from here */
-    return CURL_PREREQFUNC_OK;
-}
-
-static void set_options(struct call *c, const struct call_spec *spec)
-{
-    CURL *h = c->easy;
-    curl_easy_setopt(h, CURLOPT_URL, spec->url);
-    curl_easy_setopt(h, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
-    if (c->body) {     /* POSTFIELDS: headers and body leave in one send */
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
-    }
-    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
-    curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
-    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)RECV_BUFFER);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)spec->connect_timeout_ms);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)spec->timeout_ms);
-    /* Waiting to learn whether a connection multiplexes only pays off over TLS (h2 via ALPN);
-     * on plain http it would serialise the first burst behind one round trip. */
-    if (strncmp(spec->url, "https:", 6) == 0)
-        curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    if (spec->ca_file)
-        curl_easy_setopt(h, CURLOPT_CAINFO, spec->ca_file);
-    if (!spec->tls_verify) {
-        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
-    if (spec->max_response_bytes)
-        curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
-}
-
-static struct shard *pick_shard(struct engine *e)
+/* HTTP/2 calls all go to the first shard, where they share its connections. */
+static struct shard *pick_shard(struct engine *e, bool multiplex)
 {
     struct shard *least = &e->shards[0];
+    if (multiplex)
+        return least;
     for (unsigned i = 0; i < e->nshards; i++) {
         if (e->shards[i].active < e->shard_cap)
             return &e->shards[i];
@@ -395,35 +293,69 @@ static struct shard *pick_shard(struct engine *e)
     return least;
 }
 
+/* Hands a call to curl; -1 (nothing owned changed) when curl refuses. */
+static int call_launch(struct call *c)
+{
+    struct engine *e = c->e;
+    CURL *easy = easy_get(e);
+    if (!easy)
+        return -1;
+    c->easy = easy;
+    c->sh = pick_shard(e, c->multiplex);
+    c->started = ev_now(e->loop);
+    call_set_options(c, &c->spec);
+    if (curl_multi_add_handle(c->sh->multi, easy) != CURLM_OK) {
+        easy_put(e, easy);
+        c->easy = NULL;
+        return -1;
+    }
+    if (!c->multiplex)
+        c->sh->active++;
+    if (c->gate)
+        gate_started(c->gate, c->opener);
+    e->active++;
+    return 0;
+}
+
 struct call *call_start(struct engine *e, const struct call_spec *spec,
                         const struct call_ops *ops, void *ud)
 {
     struct call *c = calloc(1, sizeof *c);
-    CURL *easy = c ? easy_get(e) : NULL;
-    if (!easy)
+    if (!c)
         goto fail;
     c->e = e;
-    c->sh = pick_shard(e);
-    c->easy = easy;
+    c->spec = *spec;
+    c->spec.url = NULL;     /* owned only while queued */
     c->headers = spec->headers;
     c->body = spec->body;
     c->ops = ops;
     c->ud = ud;
     c->max_bytes = spec->max_response_bytes;
     c->retry_after_ms = -1;
-    c->started = ev_now(e->loop);
     c->first_byte_s = (double)spec->first_byte_timeout_ms / 1000.0;
     c->idle_s = (double)spec->idle_timeout_ms / 1000.0;
     ev_init(&c->phase, on_phase);
     c->phase.data = c;
-    set_options(c, spec);
-    if (curl_multi_add_handle(c->sh->multi, easy) != CURLM_OK) {
-        easy_put(e, easy);
-        goto fail;
+    c->multiplex = spec->http == CALL_HTTP_2 ||
+                   (spec->http == CALL_HTTP_AUTO && call_url_https(spec->url));
+    if (spec->gate_key && !(c->gate = gate_get(&e->gates, spec->gate_key, c->multiplex,
+                                                   spec->gate_cap)))
+        goto fail_owned;
+    if (c->gate && !gate_admit(c->gate, &c->opener)) {
+        if (!(c->spec.url = strdup(spec->url)))
+            goto fail_owned;
+        c->queued = true;
+        gate_push(c->gate, &c->wait);
+        if (c->multiplex)       /* a longer line may warrant another connection */
+            ev_prepare_start(e->loop, &e->pump);
+        return c;
     }
-    c->sh->active++;
-    e->active++;
-    return c;
+    c->spec.url = spec->url;
+    int rc = call_launch(c);
+    c->spec.url = NULL;
+    if (rc == 0)
+        return c;
+fail_owned:
 fail:
     curl_slist_free_all(spec->headers);
     free(spec->body);
@@ -449,13 +381,48 @@ void call_cancel(struct call *c)
     call_free(c);
 }
 
+static void report_done(struct call *c, CURLcode rc, long status);
+
+/* Hands the reader what was held; false when the call ended meanwhile (freed). */
+static bool deliver_held(struct call *c)
+{
+    c->in_cb = true;
+    enum call_verdict v = c->ops->on_data(c->ud, c->held.data, c->held.len);
+    c->in_cb = false;
+    if (c->cancelled) {
+        call_free(c);
+        return false;
+    }
+    if (v == CALL_CONTINUE)
+        buf_reset(&c->held);
+    else
+        c->paused = true;
+    return true;
+}
+
 void call_resume(struct call *c)
 {
-    c->paused = false;
-    c->last_byte = ev_now(c->e->loop);   /* the wait for the reader was not the upstream's */
     struct engine *e = c->e;
-    curl_easy_pause(c->easy, CURLPAUSE_CONT);   /* may run this call's callbacks at once */
-    flush_deferred(e);
+    c->paused = false;
+    c->last_byte = ev_now(e->loop);     /* the wait for the reader was not the upstream's */
+    if (c->held.len && (!deliver_held(c) || c->held.len))
+        return;
+    if (c->finished) {
+        report_done(c, c->done_rc, c->done_status);
+        return;
+    }
+    if (c->curl_paused || !c->multiplex) {
+        c->curl_paused = false;
+        curl_easy_pause(c->easy, CURLPAUSE_CONT);   /* may run this call's callbacks at once */
+        flush_deferred(e);
+    }
+}
+
+/* (Re)arms the phase timer to fire after s seconds; 0 stops it. */
+void call_phase_arm(struct call *c, double s)
+{
+    c->phase.repeat = s;
+    ev_timer_again(c->e->loop, &c->phase);
 }
 
 /* Ends a call from outside curl's callbacks (a phase timer) and reports result. */
@@ -465,7 +432,7 @@ static void call_abort(struct call *c, enum call_result result, const char *deta
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     const struct call_ops *ops = c->ops;
     void *ud = c->ud;
-    call_free(c);       /* removing the unfinished transfer closes its connection */
+    call_free(c);       /* removing the unfinished transfer resets its stream or connection */
     ops->on_done(ud, result, status, detail);
 }
 
@@ -488,7 +455,7 @@ static void on_phase(struct ev_loop *loop, ev_timer *t, int revents)
         c->last_byte = now;
     double left = c->last_byte + c->idle_s - now;
     if (left > 0.001) {
-        phase_arm(c, left);
+        call_phase_arm(c, left);
         return;
     }
     snprintf(detail, sizeof detail, "no body bytes for %.0f ms", c->idle_s * 1000.0);
@@ -526,15 +493,10 @@ static void engine_too_large(char *out, size_t cap, uint64_t max)
                  (unsigned long long)max);
 }
 
-static void finish(struct call *c, CURLcode rc)
+/* Reports the end and frees the call (the reader may start new calls from on_done). */
+static void report_done(struct call *c, CURLcode rc, long status)
 {
-    if (c->cancelled) {
-        call_free(c);
-        return;
-    }
-    long status = 0;
     char detail[CURL_ERROR_SIZE];
-    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     enum call_result result = map_result(c, rc);
     if (result == CALL_TOO_LARGE)   /* curl's own words ("Recv failure…") would mislead */
         engine_too_large(detail, sizeof detail, c->max_bytes);
@@ -542,12 +504,33 @@ static void finish(struct call *c, CURLcode rc)
         snprintf(detail, sizeof detail, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
     const struct call_ops *ops = c->ops;
     void *ud = c->ud;
-    if (result == CALL_OK && !c->head_sent)
-        deliver_head(c);
-    bool cancelled = c->cancelled;
     call_free(c);
-    if (!cancelled)
-        ops->on_done(ud, result, status, detail);
+    ops->on_done(ud, result, status, detail);
+}
+
+static void finish(struct call *c, CURLcode rc)
+{
+    if (c->cancelled) {
+        call_free(c);
+        return;
+    }
+    long status = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (rc == CURLE_OK && !c->head_sent) {
+        call_deliver_head(c);
+        if (c->cancelled) {
+            call_free(c);
+            return;
+        }
+    }
+    if (c->held.len) {      /* the end waits for the reader to take the rest (call_resume) */
+        c->finished = true;
+        c->done_rc = rc;
+        c->done_status = status;
+        call_release(c);
+        return;
+    }
+    report_done(c, rc, status);
 }
 
 /* A finished call's head can decide a hedge and cancel others (deferred, being inside

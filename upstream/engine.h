@@ -25,6 +25,10 @@ enum call_result {
 
 enum call_verdict { CALL_CONTINUE, CALL_PAUSE };
 
+/* auto: h2 by ALPN on https (calls wait to share a connection), HTTP/1.1 on http;
+ * 2: h2 only (prior knowledge on http, h2c); 1_1: HTTP/1.1 only. */
+enum call_http { CALL_HTTP_AUTO, CALL_HTTP_1_1, CALL_HTTP_2 };
+
 struct call_ops {
     /* Status line and headers are in; nothing of the body yet. retry_after_ms is -1 if absent. */
     void (*on_head)(void *ud, long status, int64_t retry_after_ms);
@@ -47,6 +51,13 @@ struct call_spec {
     uint64_t max_response_bytes;    /* 0 = none */
     const char *ca_file;            /* NULL: the system's CA store */
     bool tls_verify;                /* false: no certificate or host name check */
+    enum call_http http;
+    /* Calls with the same gate_key (the upstream's name) are admitted by one gate (gate.h):
+     * HTTP/1.1 ones at most gate_cap at once, one connection each; HTTP/2 ones fill the open
+     * connections, and a burst waits for the next connection rather than opening one per
+     * call. The rest wait in a FIFO costing O(1) per start. NULL = no gate. */
+    const char *gate_key;           /* copied */
+    unsigned gate_cap;
 };
 
 /* max_host_connections: cap per upstream host (0 = none); max_cached: idle connections kept
@@ -55,7 +66,8 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
 /* Every call must have ended or been cancelled before. */
 void engine_free(struct engine *e);
 
-/* NULL only when memory or curl refuse; spec's owned pieces are freed either way. */
+/* NULL only when memory or curl refuse; spec's owned pieces are freed either way. A gated call
+ * over its cap is queued: no callback runs before it has started. */
 struct call *call_start(struct engine *e, const struct call_spec *spec,
                         const struct call_ops *ops, void *ud);
 /* Synchronous and idempotent from the caller's view: no callback of this call runs afterwards

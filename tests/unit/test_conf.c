@@ -224,7 +224,7 @@ static void test_every_key_lands(void **state)
         "timeouts: {default: 1m, max: 1h, connect: 250ms}\n"
         "upstreams:\n"
         "  - {name: u, provider: anthropic, base_url: \"http://[::1]:8000//\",\n"
-        "     max_connections: 3, timeout: 2m, max_response_bytes: 1mb}\n"
+        "     max_connections: 3, timeout: 2m, max_response_bytes: 1mb, http: 2}\n"
         "models:\n"
         "  - {name: m, strategy: least_inflight, retries: 0, backoff: {base: 0ms, max: 0ms},\n"
         "     targets: [{upstream: u, weight: 1000}]}\n"
@@ -263,6 +263,7 @@ static void test_every_key_lands(void **state)
     assert_int_equal(c->upstreams[0].provider, PROVIDER_ANTHROPIC);
     assert_string_equal(c->upstreams[0].base_url, "http://[::1]:8000");
     assert_int_equal(c->upstreams[0].max_connections, 3);
+    assert_int_equal(c->upstreams[0].http, CONF_HTTP_2);
     assert_int_equal(c->upstreams[0].timeout_ms, 120000);
     assert_int_equal(c->upstreams[0].max_response_bytes, 1 << 20);
     assert_int_equal(c->models[0].strategy, STRATEGY_LEAST_INFLIGHT);
@@ -357,6 +358,7 @@ static void test_item_defaults(void **state)
     assert_null(u->api_key);
     assert_int_equal(u->nheaders, 0);
     assert_int_equal(u->max_connections, 512);
+    assert_int_equal(u->http, CONF_HTTP_AUTO);
     assert_int_equal(u->timeout_ms, 120000);
     assert_int_equal(u->max_response_bytes, 64 << 20);
     const struct conf_model *m = &c->models[0];
@@ -532,6 +534,8 @@ static void test_bad_values(void **state)
     check_error("upstreams: [{name: u, base_url: \"http://h\", max_connections: 0}]\n",
                 "t.yaml:1:62: upstreams[0].max_connections: expected an integer of at least 1, "
                 "got \"0\"");
+    check_error("upstreams: [{name: u, base_url: \"http://h\", http: 3}]\n",
+                "t.yaml:1:51: upstreams[0].http: expected auto, 1.1 or 2, got \"3\"");
 }
 
 static void test_model_values(void **state)

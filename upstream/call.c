@@ -1,0 +1,218 @@
+/* call: one upstream transfer's easy-handle options and curl callbacks (head, body, the
+ * request leaving, sockets of h2 connections); its life cycle is in engine.c. */
+#include "upstream/engine_int.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define RECV_BUFFER 4096    /* per transfer: curl's 16 KiB default, times 10k calls, is 160 MB */
+/* libcurl 7.88 copies a whole h2 DATA frame (up to 16 KiB) into the transfer's buffer: a
+ * smaller one overflows (found by ASan), so h2 calls keep curl's default size. */
+#define RECV_BUFFER_H2 16384
+/* libcurl 7.88 pauses its whole h2 session while one paused stream holds unread bytes, which
+ * would stall every sibling stream. A multiplexed call therefore keeps what its reader refused,
+ * up to this much (a typical LLM answer fits whole), and only past it pauses curl. */
+#define HOLD_MAX (1u << 20)
+#define PRIOR_KNOWLEDGE_OK 0x080100    /* libcurl 8.1.0 */
+
+static int64_t parse_retry_after(const char *v, size_t n)
+{
+    int64_t secs = 0;
+    size_t i = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\t'))
+        i++;
+    if (i == n || v[i] < '0' || v[i] > '9')
+        return -1;      /* HTTP-date form: treated as absent, backoff applies */
+    for (; i < n && v[i] >= '0' && v[i] <= '9' && secs < 86400; i++)
+        secs = secs * 10 + (v[i] - '0');
+    return secs * 1000;
+}
+
+static void opener_ready(struct call *c);
+
+void call_deliver_head(struct call *c)
+{
+    long status = 0;
+    c->head_sent = true;
+    c->last_byte = ev_now(c->e->loop);
+    call_phase_arm(c, c->idle_s);  /* first_byte is over; idle watches the body from here */
+    if (c->opener)
+        opener_ready(c);
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    c->in_cb = true;
+    c->e->depth++;
+    c->ops->on_head(c->ud, status, c->retry_after_ms);
+    c->e->depth--;
+    c->in_cb = false;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    struct call *c = ud;
+    static const char ra[] = "retry-after:";
+    if (c->cancelled)
+        return 0;
+    if (n > sizeof ra - 1 && strncasecmp(p, ra, sizeof ra - 1) == 0)
+        c->retry_after_ms = parse_retry_after(p + sizeof ra - 1, n - (sizeof ra - 1));
+    if (n <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+        long status = 0;
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && !c->head_sent)
+            call_deliver_head(c);
+    }
+    return c->cancelled ? 0 : n;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud)
+{
+    struct call *c = ud;
+    if (!c->head_sent && !c->cancelled)
+        call_deliver_head(c);
+    if (c->cancelled)
+        return 0;
+    if (c->max_bytes && c->received + n > c->max_bytes) {
+        c->too_large = true;
+        return 0;
+    }
+    if (c->held.len) {      /* the reader is behind: keep the order, hold these too */
+        if (c->held.len + n > HOLD_MAX || buf_append(&c->held, p, n) < 0) {
+            c->curl_paused = true;
+            return CURL_WRITEFUNC_PAUSE;
+        }
+        c->last_byte = ev_now(c->e->loop);
+        c->received += n;
+        return n;
+    }
+    c->in_cb = true;
+    c->e->depth++;
+    enum call_verdict v = c->ops->on_data(c->ud, p, n);
+    c->e->depth--;
+    c->in_cb = false;
+    if (c->cancelled)
+        return 0;
+    c->last_byte = ev_now(c->e->loop);  /* the idle timer checks it when it fires: no re-arm */
+    if (v == CALL_PAUSE) {
+        c->paused = true;
+        if (!c->multiplex || n > HOLD_MAX || buf_append(&c->held, p, n) < 0) {
+            c->curl_paused = true;
+            return CURL_WRITEFUNC_PAUSE;
+        }
+    }
+    c->received += n;
+    return n;
+}
+
+/* The opener's connection is up (for an h2c upgrade: its answer came over h2): the calls
+ * waiting for it may start. */
+static void opener_ready(struct call *c)
+{
+    c->opener = false;
+    gate_ready(c->gate);
+    if (c->gate->head)
+        ev_prepare_start(c->e->loop, &c->e->pump);
+}
+
+/* Runs before each send of the request. curl re-sends silently when a reused connection turns
+ * out dead before any answer: once is right (a keep-alive connection the upstream had closed),
+ * more would multiply one prompt into many, so a third send fails the attempt instead and the
+ * model's retry policy decides. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port)
+{
+    struct call *c = ud;
+    if (c->opener && !c->upgrade)
+        opener_ready(c);
+    if (++c->sends > 2)
+        return CURL_PREREQFUNC_ABORT;
+    if (!c->head_sent)
+        call_phase_arm(c, c->first_byte_s);    /* the request leaves now: first_byte from here */
+    return CURL_PREREQFUNC_OK;
+}
+
+bool call_url_https(const char *url)
+{
+    return strncmp(url, "https:", 6) == 0;
+}
+
+/* h2 on http: prior knowledge where libcurl can reuse such a connection; libcurl 7.88
+ * (Debian 12) fails every stream after the first on one, so there the first request
+ * upgrades (HTTP/1.1 "Upgrade: h2c") and the rest multiplex on the upgraded connection. */
+static long http_version(const struct call_spec *spec)
+{
+    if (spec->http != CALL_HTTP_2 || call_url_https(spec->url))
+        return spec->http == CALL_HTTP_2 ? (long)CURL_HTTP_VERSION_2_0
+                                         : (long)CURL_HTTP_VERSION_2TLS;
+    return curl_version_info(CURLVERSION_NOW)->version_num >= PRIOR_KNOWLEDGE_OK
+               ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : (long)CURL_HTTP_VERSION_2_0;
+}
+
+/* A multiplexed call's gate counts its upstream's connections: curl hands the close callback
+ * to the connection, so it reaches the gate (which outlives every multi handle) even when the
+ * connection outlives the call. */
+static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    struct call *c = ud;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKOPT_OK;
+    /* A connection for a call the gate thought would fit: the server takes fewer streams. */
+    bool surprise = !c->opener && c->gate->conns > c->gate->openers;
+    gate_conn_opened(c->gate, !surprise);
+    if (surprise)
+        c->opener = true;       /* the others wait for its connection */
+    return CURL_SOCKOPT_OK;
+}
+
+static int on_closesocket(void *ud, curl_socket_t fd)
+{
+    gate_conn_closed(ud);
+    return close(fd);
+}
+
+void call_set_options(struct call *c, const struct call_spec *spec)
+{
+    CURL *h = c->easy;
+    curl_easy_setopt(h, CURLOPT_URL, spec->url);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->headers);
+    if (c->body) {     /* POSTFIELDS: headers and body leave in one send */
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)spec->body_len);
+    }
+    curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
+    curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)(c->multiplex ? RECV_BUFFER_H2 : RECV_BUFFER));
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)spec->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)spec->timeout_ms);
+    curl_easy_setopt(h, CURLOPT_SHARE, c->e->share);
+    long version = c->multiplex ? http_version(spec) : (long)CURL_HTTP_VERSION_1_1;
+    c->upgrade = version == CURL_HTTP_VERSION_2_0 && !call_url_https(spec->url);
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, version);
+    /* A call that may multiplex waits for a connection being set up rather than opening
+     * its own: a burst shares one handshake. HTTP/1.1 calls never wait for that. */
+    if (c->multiplex)
+        curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
+    if (c->multiplex && c->gate) {
+        curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+        curl_easy_setopt(h, CURLOPT_SOCKOPTDATA, c);
+        curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
+        curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, c->gate);
+    }
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (spec->ca_file)
+        curl_easy_setopt(h, CURLOPT_CAINFO, spec->ca_file);
+    if (!spec->tls_verify) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (spec->max_response_bytes)
+        curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)spec->max_response_bytes);
+}
