@@ -7,6 +7,7 @@ BINDIR  ?= $(PREFIX)/bin
 DESTDIR ?=
 SAN     ?=
 FUZZ_SECONDS ?= 30
+SOAK_SECONDS ?= 300
 PYTHON  ?= python3
 VERSION := $(shell cat VERSION)
 
@@ -41,7 +42,7 @@ LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
 UNIT   = $(BUILD)/llmux.service
 
-.PHONY: all deps test-deps run test unit integration asan fuzz bench clean install FORCE
+.PHONY: all deps test-deps run test unit integration asan fuzz bench soak clean install FORCE
 .SECONDARY:
 all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS) $(UNIT)
 
@@ -126,6 +127,15 @@ fuzz: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	sh bench/run.sh $(BUILD)
+
+# The fault soak (tests/soak/soak.py): SOAK_SECONDS of faults, drops and reloads; SAN=1 runs it
+# on the sanitizer build and fails on any ASan/UBSan report.
+SOAK_BUILD = $(if $(filter 1,$(SAN)),build-asan,$(BUILD))
+soak: deps
+	@$(MAKE) --no-print-directory BUILD=$(SOAK_BUILD) \
+	    $(if $(filter 1,$(SAN)),SAN=1 CFLAGS="-O1 -g") all
+	$(PYTHON) tests/soak/soak.py --build $(SOAK_BUILD) --seconds $(SOAK_SECONDS) \
+	    $(if $(filter 1,$(SAN)),--san)
 
 install: $(LLMUXD) $(LLMUX) $(UNIT)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1 \
