@@ -42,7 +42,7 @@ LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
 UNIT   = $(BUILD)/llmux.service
 
-.PHONY: all deps test-deps run test unit integration asan fuzz bench soak clean install FORCE
+.PHONY: all deps test-deps run test unit integration asan fuzz bench soak deb clean install FORCE
 .SECONDARY:
 all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS) $(UNIT)
 
@@ -137,6 +137,17 @@ soak: deps
 	$(PYTHON) tests/soak/soak.py --build $(SOAK_BUILD) --seconds $(SOAK_SECONDS) \
 	    $(if $(filter 1,$(SAN)),--san)
 
+# The Debian package: a separate build with Debian's hardening flags and PREFIX=/usr, then
+# scripts/build-deb.sh (dpkg-deb, control files in packaging/deb/).
+DEB_BUILD ?= build-deb
+DEB_FLAGS = BUILD=$(DEB_BUILD) PREFIX=/usr SAN= \
+    CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
+    LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)"
+deb:
+	@$(MAKE) --no-print-directory $(DEB_FLAGS) $(DEB_BUILD)/llmuxd $(DEB_BUILD)/llmux \
+	    $(DEB_BUILD)/llmux.service
+	sh scripts/build-deb.sh $(DEB_BUILD) $(DEB_BUILD)
+
 install: $(LLMUXD) $(LLMUX) $(UNIT)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1 \
 	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
@@ -149,6 +160,6 @@ install: $(LLMUXD) $(LLMUX) $(UNIT)
 	install -m 600 systemd/llmux.env.example $(DESTDIR)/etc/llmux/llmux.env.example
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-deb
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' -type f 2>/dev/null)
