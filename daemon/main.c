@@ -222,7 +222,11 @@ static int run(struct daemon_state *d, struct conf *c)
         jobs_store_kick(d->srv.jobs);   /* what the journal left queued runs again */
     watch_signals(d);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    if (c->nkeys == 0)
+    /* Open to this host only is how the package ships; open to a network deserves a warning. */
+    if (c->nkeys == 0 && server_listeners_local(&d->srv))
+        log_info("no keys configured: open to clients on this host (every listener is "
+                 "loopback or unix)");
+    else if (c->nkeys == 0)
         log_warn("no keys configured: the gateway is open to anyone who can reach it");
     log_info("llmuxd %s ready: %u worker(s), %zu model(s)", LLMUX_VERSION, n, c->nmodels);
     sd_notify(0, "READY=1");

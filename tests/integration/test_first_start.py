@@ -1,5 +1,6 @@
-"""A descriptor limit below what the limits want: default limits are sized to fit it (one info
-line, no error); limits the file sets explicitly keep their values and get the error line."""
+"""First start: the config the package ships starts with no warning or error on a host with a
+low descriptor limit. Default limits are sized to fit the limit (one info line); limits the file
+sets explicitly keep their values and get the error line."""
 import json
 import os
 import resource
@@ -28,14 +29,17 @@ class FdLimitTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.mock.stop()
 
-    def start(self, limits, nofile=256):
-        """llmuxd under RLIMIT_NOFILE=nofile (soft and hard); returns (daemon, log path)."""
+    def start(self, limits, nofile=256, text=None):
+        """llmuxd under RLIMIT_NOFILE=nofile (soft and hard), on CONFIG with limits or on
+        text ({port} replaced); returns the daemon."""
         d = harness.Daemon.__new__(harness.Daemon)     # own process, the harness's helpers
         d.port = harness.free_port()
         d.dir = tempfile.mkdtemp(prefix="llmux-fdlimit-")
         d.conf = os.path.join(d.dir, "llmux.yaml")
         d.logpath = os.path.join(d.dir, "llmuxd.log")
-        d.write_config(CONFIG % {"port": d.port, "mock": self.mock.port, "limits": limits})
+        if text is None:
+            text = CONFIG % {"port": d.port, "mock": self.mock.port, "limits": limits}
+        d.write_config(text.replace("{port}", str(d.port)))
         d.log = open(d.logpath, "w")
 
         def limit():
@@ -53,6 +57,22 @@ class FdLimitTest(unittest.TestCase):
             if rec["level"] == level:
                 out.append(rec["msg"])
         return out
+
+    def test_the_shipped_config_starts_without_warnings(self):
+        with open(os.path.join(harness.ROOT, "conf", "llmux.yaml")) as f:
+            text = f.read()
+        self.assertIn('listen: ["127.0.0.1:8420"]', text)
+        d = self.start(None, nofile=1024,
+                       text=text.replace("127.0.0.1:8420", "127.0.0.1:{port}"))
+        d.wait_log("ready")
+        levels = [json.loads(l)["level"] for l in d.logs().splitlines()]
+        self.assertNotIn("warn", levels, d.logs())
+        self.assertNotIn("error", levels, d.logs())
+        self.assertEqual(len([m for m in self.lines(d, "info") if "RLIMIT_NOFILE" in m]), 1)
+        self.assertEqual(len([m for m in self.lines(d, "info")
+                              if m.startswith("no keys configured: open to clients on this host")]),
+                         1, d.logs())
+        self.assertEqual(d.stop(), 0)
 
     def test_default_limits_are_sized_to_the_limit_once_at_info(self):
         d = self.start("")
