@@ -35,7 +35,7 @@ install -m 644 "$build/llmux.service" systemd/llmux.socket "$root/lib/systemd/sy
 install -m 644 systemd/llmux.sysusers "$root/usr/lib/sysusers.d/llmux.conf"
 install -m 644 conf/llmux.yaml "$root/etc/llmux/llmux.yaml"
 # 0640: postinst gives it the llmux group once the user exists.
-install -m 640 systemd/llmux.env.example "$root/etc/llmux/llmux.env"
+install -m 640 packaging/deb/llmux.env "$root/etc/llmux/llmux.env"
 install -m 644 packaging/deb/copyright "$doc/copyright"
 gzip -9n <packaging/deb/changelog >"$doc/changelog.gz"
 install -m 644 README.md "$doc/README.md"
