@@ -1,6 +1,7 @@
 """The Debian package (`make deb`): built, then taken apart — contents and permissions, control
 fields and Depends:, the shipped config accepted by the packaged llmuxd with no secrets set,
-the maintainer scripts run against stub commands, and lintian."""
+install/remove/purge with dpkg into a scratch root, the maintainer scripts' systemd side run
+against stub commands, and lintian."""
 import io
 import os
 import re
@@ -155,15 +156,47 @@ class PackageTest(unittest.TestCase):
         self.assertIn("deb-systemd-invoke restart llmux.service", calls)
         self.assertFalse([c for c in calls if "enable" in c], calls)
 
-    def test_remove_keeps_config_purge_deletes_it(self):
+    def test_prerm_stops_the_service(self):
         self.assertIn("deb-systemd-invoke stop llmux.socket llmux.service",
                       self.run_script("prerm", "remove"))
-        calls = self.run_script("postrm", "remove")
-        self.assertFalse([c for c in calls if c.startswith(("rm", "rmdir"))], calls)
-        calls = self.run_script("postrm", "purge")
-        self.assertIn("rm -rf /var/lib/llmux /var/lib/private/llmux", calls)
-        self.assertIn("rmdir /etc/llmux", calls)
-        self.assertIn("deb-systemd-helper purge llmux.service llmux.socket", calls)
+
+    def dpkg(self, root, *args):
+        p = subprocess.run(["dpkg", "--root=" + root, "--force-script-chrootless",
+                            "--force-depends", "--log=/dev/null", *args],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+
+    @unittest.skipUnless(os.geteuid() == 0 and shutil.which("systemd-sysusers"),
+                         "needs root and systemd-sysusers")
+    def test_install_remove_purge_in_a_scratch_root(self):
+        root = tempfile.mkdtemp(prefix="dpkg-root-", dir=self.dir)
+        for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"):
+            os.makedirs(os.path.join(root, d))
+        open(os.path.join(root, "var/lib/dpkg/status"), "w").close()
+        at = lambda p: os.path.join(root, p)    # noqa: E731
+        self.dpkg(root, "-i", self.deb)
+        with open(at("etc/group")) as f:
+            gid = [int(l.split(":")[2]) for l in f if l.startswith("llmux:")]
+        self.assertEqual(len(gid), 1, "postinst made the llmux group")
+        st = os.stat(at("etc/llmux/llmux.env"))
+        self.assertEqual((st.st_mode & 0o777, st.st_uid, st.st_gid), (0o640, 0, gid[0]))
+        p = subprocess.run([at("usr/bin/llmuxd"), "-t", "-c", at("etc/llmux/llmux.yaml")],
+                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # The admin's edit and the daemon's state survive remove; purge takes both.
+        with open(at("etc/llmux/llmux.yaml"), "a") as f:
+            f.write("# edited by the admin\n")
+        os.makedirs(at("var/lib/llmux/jobs"))
+        open(at("var/lib/llmux/jobs/journal"), "w").close()
+        self.dpkg(root, "-r", "llmux")
+        self.assertFalse(os.path.exists(at("usr/bin/llmuxd")))
+        with open(at("etc/llmux/llmux.yaml")) as f:
+            self.assertIn("# edited by the admin", f.read())
+        self.assertTrue(os.path.exists(at("etc/llmux/llmux.env")))
+        self.assertTrue(os.path.exists(at("var/lib/llmux/jobs/journal")))
+        self.dpkg(root, "-P", "llmux")
+        self.assertFalse(os.path.exists(at("etc/llmux")))
+        self.assertFalse(os.path.exists(at("var/lib/llmux")))
 
     @unittest.skipUnless(shutil.which("lintian"), "lintian is not installed")
     def test_lintian_reports_no_errors(self):
