@@ -1,5 +1,6 @@
 # llmux build. `make` builds everything, `make run` starts the demo, `make test` runs every test,
-# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the parsers briefly.
+# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the parsers briefly,
+# `make deb` builds the Debian package, `make soak` runs the fault soak (SOAK_SECONDS, SAN=1).
 CC      ?= cc
 BUILD   ?= build
 PREFIX  ?= /usr/local

@@ -251,7 +251,12 @@ def drive(args, daemon, mock):
     warm = min(30.0, args.seconds / 3)
     time.sleep(warm)
     rss_warm = daemon.rss_kb()
-    time.sleep(max(0.0, args.seconds - warm))
+    while not stop.wait(min(60.0, max(0.0, t0 + args.seconds - time.monotonic()))):
+        if time.monotonic() >= t0 + args.seconds:
+            break
+        done = sum(n for row in tally.rows.values() for n in row.values())
+        print("soak: %4.0f/%.0f s, %d requests, RSS %d KiB" % (
+            time.monotonic() - t0, args.seconds, done, daemon.rss_kb()), flush=True)
     stop.set()
     for t in threads:
         t.join()
