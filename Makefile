@@ -1,5 +1,6 @@
 # llmux build. `make` builds everything, `make run` starts the demo, `make test` runs every test,
-# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the parsers briefly.
+# `make asan` runs the whole suite under ASan+UBSan, `make fuzz` fuzzes the parsers briefly,
+# `make deb` builds the Debian package, `make soak` runs the fault soak (SOAK_SECONDS, SAN=1).
 CC      ?= cc
 BUILD   ?= build
 PREFIX  ?= /usr/local
@@ -7,6 +8,7 @@ BINDIR  ?= $(PREFIX)/bin
 DESTDIR ?=
 SAN     ?=
 FUZZ_SECONDS ?= 30
+SOAK_SECONDS ?= 300
 PYTHON  ?= python3
 VERSION := $(shell cat VERSION)
 
@@ -41,7 +43,7 @@ LLMUX  = $(BUILD)/llmux
 MOCK   = $(BUILD)/mock_upstream
 UNIT   = $(BUILD)/llmux.service
 
-.PHONY: all deps test-deps run test unit integration asan fuzz bench clean install FORCE
+.PHONY: all deps test-deps run test unit integration asan fuzz bench soak deb clean install FORCE
 .SECONDARY:
 all: $(LLMUXD) $(LLMUX) $(MOCK) $(UNIT_BINS) $(UNIT)
 
@@ -127,6 +129,26 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	sh bench/run.sh $(BUILD)
 
+# The fault soak (tests/soak/soak.py): SOAK_SECONDS of faults, drops and reloads; SAN=1 runs it
+# on the sanitizer build and fails on any ASan/UBSan report.
+SOAK_BUILD = $(if $(filter 1,$(SAN)),build-asan,$(BUILD))
+soak: deps
+	@$(MAKE) --no-print-directory BUILD=$(SOAK_BUILD) \
+	    $(if $(filter 1,$(SAN)),SAN=1 CFLAGS="-O1 -g") all
+	$(PYTHON) tests/soak/soak.py --build $(SOAK_BUILD) --seconds $(SOAK_SECONDS) \
+	    $(if $(filter 1,$(SAN)),--san)
+
+# The Debian package: a separate build with Debian's hardening flags and PREFIX=/usr, then
+# scripts/build-deb.sh (dpkg-deb, control files in packaging/deb/).
+DEB_BUILD ?= build-deb
+DEB_FLAGS = BUILD=$(DEB_BUILD) PREFIX=/usr SAN= \
+    CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
+    LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)"
+deb:
+	@$(MAKE) --no-print-directory $(DEB_FLAGS) $(DEB_BUILD)/llmuxd $(DEB_BUILD)/llmux \
+	    $(DEB_BUILD)/llmux.service
+	sh scripts/build-deb.sh $(DEB_BUILD) $(DEB_BUILD)
+
 install: $(LLMUXD) $(LLMUX) $(UNIT)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(PREFIX)/share/man/man1 \
 	    $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
@@ -139,6 +161,6 @@ install: $(LLMUXD) $(LLMUX) $(UNIT)
 	install -m 600 systemd/llmux.env.example $(DESTDIR)/etc/llmux/llmux.env.example
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-deb
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' -type f 2>/dev/null)

@@ -94,6 +94,7 @@ struct conf_limits {
     unsigned max_connections;       /* default 20000 */
     unsigned max_inflight;          /* default 10000 */
     unsigned queue;                 /* default 1000 */
+    bool fds_explicit;              /* max_connections or max_inflight written in the file */
     uint64_t max_request_line;      /* default 8k   (414) */
     uint64_t max_header_bytes;      /* default 16k  (431) */
     unsigned max_headers;           /* default 100  (431) */

@@ -629,5 +629,8 @@ int conf_schema_apply(struct conf_ctx *x, const struct ynode *root)
                          "got %s", ynode_kind_name(root));
     if (walk_map(x, root, "", FIELDS(top_fields), x->c) < 0)
         return -1;
+    const struct ynode *limits = ynode_get(root, "limits");
+    x->c->limits.fds_explicit = ynode_get(limits, "max_connections") ||
+                                ynode_get(limits, "max_inflight");
     return cross_check(x, root);
 }

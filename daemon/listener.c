@@ -1,6 +1,7 @@
 /* listener: the listening sockets — inherited from systemd (sd_listen_fds) or opened from
  * conf->listen — and their change on reload: kept by address, new ones opened, removed ones
  * closed once every worker has stopped watching them. Runs on the main thread. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -231,4 +232,24 @@ void server_close_listeners(struct server *s)
     s->listen_fds = NULL;
     s->listen_addrs = NULL;
     s->nlisten = 0;
+}
+
+/* True when every listening socket is a unix socket or bound to a loopback address, so only
+ * clients on this host can connect (asked of the sockets: inherited ones have no address). */
+bool server_listeners_local(const struct server *s)
+{
+    for (unsigned i = 0; i < s->nlisten; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        if (getsockname(s->listen_fds[i], (struct sockaddr *)&ss, &len) < 0)
+            return false;
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)&ss;
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&ss;
+        bool local = ss.ss_family == AF_UNIX ||
+                     (ss.ss_family == AF_INET && (ntohl(v4->sin_addr.s_addr) >> 24) == 127) ||
+                     (ss.ss_family == AF_INET6 && IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr));
+        if (!local)
+            return false;
+    }
+    return true;
 }

@@ -5,7 +5,6 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 
 #include "common/log.h"
 #include "conf/conf.h"
+#include "daemon/fdlimit.h"
 #include "daemon/router.h"
 #include "daemon/settings.h"
 #include "daemon/jobs.h"
@@ -33,8 +33,6 @@ struct daemon_state {
     char last_reload_error[512];
     struct conf *boot;              /* the configuration at start: what start-only settings are */
 };
-
-static void raise_nofile(const struct conf *c);
 
 static void usage(FILE *f)
 {
@@ -112,7 +110,7 @@ static void on_sighup(struct ev_loop *loop, ev_signal *s, int revents)
         log_error("reload: %s; listen: keeps its old value", err);
     if (c) {
         log_setup(c->log.level, c->log.format);
-        raise_nofile(c);
+        fdlimit_fit(c, false);
         settings_reload_report(d->boot, c, d->srv.nworkers, worker_count(c),
                                d->srv.listen_inherited);
         if (d->srv.jobs)
@@ -183,28 +181,6 @@ static void watch_signals(struct daemon_state *d)
     ev_timer_start(d->loop, &d->status);
 }
 
-/* Descriptors the config can need: client connections, upstream connections, listeners, a few
- * for curl's resolver threads and logs. Raised here, never lowered; under a unit with a
- * ~@resources filter LimitNOFILE= sets it and this call only confirms. */
-static void raise_nofile(const struct conf *c)
-{
-    rlim_t need = (rlim_t)c->limits.max_connections + c->limits.max_inflight + c->nlisten + 64;
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
-        return;
-    rlim_t want = need < rl.rlim_max ? need : rl.rlim_max;
-    if (want > rl.rlim_cur) {
-        struct rlimit nrl = {want, rl.rlim_max};
-        if (setrlimit(RLIMIT_NOFILE, &nrl) == 0)
-            rl.rlim_cur = want;
-    }
-    if (rl.rlim_cur < need)
-        log_error("RLIMIT_NOFILE is %lu but limits.max_connections + limits.max_inflight need "
-                  "%lu: raise LimitNOFILE= (or ulimit -n); past %lu descriptors new connections "
-                  "wait in the backlog and upstream calls fail",
-                  (unsigned long)rl.rlim_cur, (unsigned long)need, (unsigned long)rl.rlim_cur);
-}
-
 /* The jobs store replays its journal before any worker runs. A journal that cannot be read
  * leaves /v1/jobs answering 503 (never overwritten), the rest of the gateway serves. */
 static void open_jobs(struct daemon_state *d, struct conf *c, unsigned nworkers)
@@ -223,7 +199,7 @@ static void open_jobs(struct daemon_state *d, struct conf *c, unsigned nworkers)
 static int run(struct daemon_state *d, struct conf *c)
 {
     char err[512];
-    raise_nofile(c);
+    fdlimit_fit(c, true);
     if (server_open_listeners(&d->srv, c, err, sizeof err) < 0) {
         log_error("%s", err);
         return 1;
@@ -248,7 +224,11 @@ static int run(struct daemon_state *d, struct conf *c)
         jobs_store_kick(d->srv.jobs);   /* what the journal left queued runs again */
     watch_signals(d);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    if (c->nkeys == 0)
+    /* Open to this host only is how the package ships; open to a network deserves a warning. */
+    if (c->nkeys == 0 && server_listeners_local(&d->srv))
+        log_info("no keys configured: open to clients on this host (every listener is "
+                 "loopback or unix)");
+    else if (c->nkeys == 0)
         log_warn("no keys configured: the gateway is open to anyone who can reach it");
     log_info("llmuxd %s ready: %u worker(s), %zu model(s)", LLMUX_VERSION, n, c->nmodels);
     sd_notify(0, "READY=1");

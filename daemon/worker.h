@@ -94,6 +94,8 @@ int server_open_listeners(struct server *s, const struct conf *c, char *err, siz
 int server_update_listeners(struct server *s, const struct conf *c, char *err, size_t errlen);
 void server_listeners_switched(struct server *s);
 void server_close_listeners(struct server *s);
+/* Every listener is a unix socket or on a loopback address. */
+bool server_listeners_local(const struct server *s);
 int server_start(struct server *s, struct conf *c, unsigned nworkers, struct ev_loop *main_loop,
                  ev_async *main_wake);
 void server_reload(struct server *s, struct conf *c);       /* takes the reference */

@@ -8,7 +8,8 @@ set -e
 cd "$(dirname "$0")/.."
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libev-dev libcurl4-openssl-dev
 libjansson-dev libyaml-dev libcmocka-dev libsystemd-dev libhiredis-dev libssl-dev redis-server
-zlib1g-dev curl python3 python3-yaml python3-jsonschema systemd nghttp2-proxy openssl"
+zlib1g-dev curl python3 python3-yaml python3-jsonschema systemd nghttp2-proxy openssl
+dpkg-dev lintian file"
 TESTING=""
 [ "${1:-}" = "--test" ] && TESTING=1
 # Node.js runs the validator; a machine with npm from elsewhere keeps its own.

@@ -25,7 +25,9 @@ class EmfileTest(unittest.TestCase):
         with open(conf, "w") as f:
             f.write('listen: ["127.0.0.1:%d"]\nupstreams:\n  - {name: mock, provider: openai, '
                     'base_url: "http://127.0.0.1:%d/v1"}\nmodels:\n  - {name: m, targets: '
-                    '[{upstream: mock}]}\nlog: {access: false}\n' % (port, mock.port))
+                    '[{upstream: mock}]}\nlog: {access: false}\n'
+                    # explicit, so it is not sized down to fit the limit below
+                    'limits: {max_connections: 1000}\n' % (port, mock.port))
 
         def limit():
             resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
