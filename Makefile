@@ -125,7 +125,7 @@ fuzz: deps
 	$(BUILD)/fuzz/fuzz_json -max_total_time=$$(( $(FUZZ_SECONDS) / 2 + 1 )) -max_len=4096 \
 	    tests/fuzz/corpus-json
 
-bench: deps
+bench: test-deps
 	@$(MAKE) --no-print-directory all
 	sh bench/run.sh $(BUILD)
 
@@ -144,7 +144,7 @@ DEB_BUILD ?= build-deb
 DEB_FLAGS = BUILD=$(DEB_BUILD) PREFIX=/usr SAN= \
     CFLAGS="$$(dpkg-buildflags --get CFLAGS) $$(dpkg-buildflags --get CPPFLAGS)" \
     LDFLAGS="$$(dpkg-buildflags --get LDFLAGS)"
-deb:
+deb: test-deps
 	@$(MAKE) --no-print-directory $(DEB_FLAGS) $(DEB_BUILD)/llmuxd $(DEB_BUILD)/llmux \
 	    $(DEB_BUILD)/llmux.service
 	sh scripts/build-deb.sh $(DEB_BUILD) $(DEB_BUILD)

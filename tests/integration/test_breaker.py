@@ -204,6 +204,9 @@ class ReadyzAcrossWorkersTest(BreakerCase):
         return seen
 
     def test_one_answer_for_the_process(self):
+        end = time.monotonic() + 10     # /readyz is 503 while the process is still starting
+        while self.d.request("GET", "/readyz")[0] != 200 and time.monotonic() < end:
+            time.sleep(0.05)
         self.assertEqual(self.probe_many(), {(200, "[]")})
         for _ in range(4):      # whichever worker serves them, the state is the process's
             self.d.chat("x @mock:status=500", model="a")

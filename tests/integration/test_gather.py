@@ -305,7 +305,7 @@ class GatherTest(GatherMixin, Case):
         self.assertEqual(g["results"][0]["status"], 504, g)
         self.assertEqual(g["results"][0]["error"]["code"], "item_timeout")
         self.assertGreaterEqual(wall, 0.19)
-        self.assertLess(wall, 0.24)
+        self.assertLess(wall, 0.5)      # answered at the item deadline (the 502 comes later)
         s = self.settle()
         self.assertEqual((s["received"], s["completed"], s["aborted"]), (3, 2, 1), s)
 
