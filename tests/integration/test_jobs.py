@@ -289,6 +289,12 @@ class JobStorageTest(Case):
         wait_status(d, done, ("succeeded",))
         for jid in ids:
             wait_status(d, jid, ("running",))
+        # 4 submissions, 4 starts, 1 success: a kill before the success is durable would
+        # rightly run "finished before" again, which is not what this test is about.
+        end = time.monotonic() + 10
+        while (d.metrics().get("llmux_jobs_journal_records_total", 0) < 9
+               and time.monotonic() < end):
+            time.sleep(0.02)
         d.proc.kill()
         d.proc.wait()
         self.mock.wait_stats(lambda s: s["inflight"] == 0, 5)
