@@ -190,14 +190,125 @@ long usage_total(const struct usage *u)
     return usage_sum(u->prompt, u->completion);
 }
 
+/* One usage field as openai_usage reads it from a tree: absent, null, an integer, or anything
+ * else (a string, a real, a container: invalid). */
+struct usage_val {
+    enum { UV_ABSENT, UV_NULL, UV_INT, UV_OTHER } kind;
+    long long n;
+};
+
+static struct usage_val usage_val(const char *p, const struct json_pick *pk)
+{
+    struct usage_val v = {pk->found ? UV_OTHER : UV_ABSENT, 0};
+    const char *s = p + pk->start, *e = p + pk->end;
+    if (!pk->found)
+        return v;
+    if (e - s == 4 && !memcmp(s, "null", 4))
+        return (struct usage_val){UV_NULL, 0};
+    bool neg = s < e && *s == '-';
+    const char *d = s + neg;
+    if (d == e)
+        return v;
+    for (const char *q = d; q < e; q++)
+        if (*q < '0' || *q > '9')
+            return v;           /* a real (fraction or exponent): not a count */
+    for (; d < e; d++)
+        v.n = v.n * 10 + (*d - '0');     /* < 19 digits: usage_text_plain checked */
+    v.kind = UV_INT;
+    v.n = neg ? -v.n : v.n;
+    return v;
+}
+
+/* usage_field on a scanned value: the same verdicts as usage_take on jansson's tree. */
+static int usage_val_take(struct usage_val v, long *n, unsigned *bad)
+{
+    if (v.kind == UV_ABSENT || v.kind == UV_NULL)
+        return 0;
+    if (v.kind != UV_INT || v.n < 0 || v.n > USAGE_MAX) {
+        (*bad)++;
+        return 0;
+    }
+    *n = (long)v.n;
+    return 1;
+}
+
+/* Text jansson reads exactly as the scanner does: no escapes (a \u0000 or a lone surrogate
+ * fails jansson's whole parse, an escaped name must be decoded), no number that could overflow
+ * jansson's integer or real (19 digits or more, an exponent), and small enough that its tree
+ * is within json_valid_load's budget (at most 121 bytes of tree per byte of text, so 16 KiB
+ * stay under the budget's 2 MiB). */
+static bool usage_text_plain(const char *p, size_t n)
+{
+    if (n > 16384 || memchr(p, '\\', n))
+        return false;
+    bool in_str = false;
+    unsigned digits = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '"')
+            in_str = !in_str;
+        if (in_str)
+            continue;
+        if ((c == 'e' || c == 'E') && i && (p[i - 1] >= '0' && p[i - 1] <= '9'))
+            return false;
+        digits = c >= '0' && c <= '9' ? digits + 1 : c == '.' ? digits : 0;
+        if (digits >= 19)
+            return false;
+    }
+    return true;
+}
+
+/* openai_usage over the usage object's text, read in place; -1 when the text needs jansson. */
+static int usage_scan(const char *u, size_t n, struct usage *out, unsigned *bad)
+{
+    enum { PT, CT, IT, OT, PD, ID, NPICK };
+    struct json_pick pk[NPICK] = {
+        {"prompt_tokens", 0, 0, false}, {"completion_tokens", 0, 0, false},
+        {"input_tokens", 0, 0, false}, {"output_tokens", 0, 0, false},
+        {"prompt_tokens_details", 0, 0, false}, {"input_tokens_details", 0, 0, false},
+    };
+    if (!usage_text_plain(u, n) || json_scan_pick(u, n, pk, NPICK) > 0)
+        return -1;      /* a name twice: jansson keeps the last copy */
+    long p = 0, c = 0, cached = 0;
+    int ip = PT, ic = CT;
+    if (!pk[PT].found && !pk[CT].found)
+        ip = IT, ic = OT;
+    int seen = usage_val_take(usage_val(u, &pk[ip]), &p, bad) |
+               usage_val_take(usage_val(u, &pk[ic]), &c, bad);
+    if (!seen)
+        return 0;
+    out->seen = true;
+    out->prompt = usage_sum(out->prompt, p);
+    out->completion = usage_sum(out->completion, c);
+    const struct json_pick *d = pk[PD].found ? &pk[PD] : &pk[ID];
+    if (d->found && u[d->start] == '{') {
+        struct json_pick ct[] = {{"cached_tokens", 0, 0, false}};
+        if (json_scan_pick(u + d->start, d->end - d->start, ct, 1) > 0)
+            return -1;
+        usage_val_take(usage_val(u + d->start, &ct[0]), &cached, bad);
+    }
+    out->cache_read = usage_sum(out->cache_read, cached < p ? cached : p);
+    return 0;
+}
+
+/* The answer's usage without a tree when its text allows (nearly always), else by jansson. */
 unsigned openai_usage_text(const char *body, size_t len, struct usage *out)
 {
     size_t start, end;
+    unsigned bad = 0;
     if (json_scan_member(body, len, "usage", &start, &end) < 0)
         return 0;
+    if (body[start] != '{')
+        return 0;
+    struct usage scanned = *out;
+    if (usage_scan(body + start, end - start, &scanned, &bad) == 0) {
+        *out = scanned;
+        return bad;
+    }
+    bad = 0;
     json_t *u = json_valid_load(body + start, end - start, 0, NULL);
     json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
-    unsigned bad = openai_usage(wrap, out);
+    bad = openai_usage(wrap, out);
     json_decref(wrap);
     return bad;
 }

@@ -1,12 +1,39 @@
 /* fuzz_messages: libFuzzer target for the Anthropic-clients codec. The first byte picks the
  * direction: a client's Messages body, an upstream chat.completion, or a stream of chunks (one
  * per line). Whatever comes in, every event written must be a well-formed SSE frame whose data
- * is valid JSON, and a translated body must be a chat body. */
+ * is valid JSON, and a translated body must be a chat body. An answer's usage read in place
+ * (openai_usage_text) must equal the same usage read from jansson's tree. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_scan.h"
+#include "common/json_valid.h"
+#include "upstream/provider.h"
 #include "upstream/provider_messages.h"
+
+/* The tree reading openai_usage_text replaces: the usage member parsed alone by jansson. */
+static unsigned usage_by_tree(const char *d, size_t n, struct usage *u)
+{
+    size_t s, e;
+    if (json_scan_member(d, n, "usage", &s, &e) < 0)
+        return 0;
+    json_t *v = json_valid_load(d + s, e - s, 0, NULL);
+    json_t *wrap = json_pack("{s:o}", "usage", v ? v : json_null());
+    unsigned bad = openai_usage(wrap, u);
+    json_decref(wrap);
+    return bad;
+}
+
+static void check_usage(const char *d, size_t n)
+{
+    struct usage a = {.prompt = 1}, b = {.prompt = 1};
+    if (json_valid_object(d, n) < 0)
+        return;
+    if (openai_usage_text(d, n, &a) != usage_by_tree(d, n, &b) || a.prompt != b.prompt ||
+        a.completion != b.completion || a.cache_read != b.cache_read || a.seen != b.seen)
+        abort();
+}
 
 /* Each frame: "event: NAME\ndata: JSON\n\n". */
 static void check_frames(const struct buf *out)
@@ -68,6 +95,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     } else if (data[0] % 3 == 1) {
         struct buf out = BUF_INIT;
         struct usage u = {0};
+        check_usage(d, n);
         if (messages_from_completion(d, n, "m", &out, &u) == 0) {
             json_t *j = json_loadb(out.data, out.len, 0, NULL);
             if (!json_is_array(json_object_get(j, "content")))

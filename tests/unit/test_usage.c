@@ -65,6 +65,50 @@ static void test_openai_cached_validated(void **state)
     assert_int_equal(none.prompt, 0);
 }
 
+/* An answer's usage read from its text: each case as the tree reading (openai_usage) takes it,
+ * whether the scanner reads it in place or hands it to jansson (escapes, huge numbers). */
+static void usage_text_is(const char *text, unsigned bad, long prompt, long completion,
+                          long cached, bool seen)
+{
+    struct usage got = {0};
+    assert_int_equal(openai_usage_text(text, strlen(text), &got), bad);
+    assert_int_equal(got.prompt, prompt);
+    assert_int_equal(got.completion, completion);
+    assert_int_equal(got.cache_read, cached);
+    assert_int_equal(got.seen, seen);
+}
+
+static void test_openai_usage_from_text(void **state)
+{
+    usage_text_is("{\"id\":\"a\",\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,"
+                  "\"prompt_tokens_details\":{\"cached_tokens\":20}}}", 0, 12, 3, 12, true);
+    usage_text_is("{\"usage\":{\"input_tokens\":-0,\"output_tokens\":7,"
+                  "\"input_tokens_details\":{\"cached_tokens\":2}}}", 0, 0, 7, 0, true);
+    usage_text_is("{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1.0}}", 1, 5, 0, 0,
+                  true);
+    usage_text_is("{\"usage\":{\"prompt_tokens\":\"5\",\"completion_tokens\":-2}}", 2, 0, 0, 0,
+                  false);
+    usage_text_is("{\"usage\":{\"prompt_tokens\":null,\"completion_tokens\":4,"
+                  "\"prompt_tokens_details\":null,\"input_tokens_details\":{\"cached_tokens\":1}}}",
+                  0, 0, 4, 0, true);
+    usage_text_is("{\"usage\":null}", 0, 0, 0, 0, false);
+    usage_text_is("{\"usage\":[1,2]}", 0, 0, 0, 0, false);
+    usage_text_is("{\"model\":\"m\"}", 0, 0, 0, 0, false);
+    /* the last copy of a name wins, as in jansson */
+    usage_text_is("{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,"
+                  "\"prompt_tokens\":9}}", 0, 9, 2, 0, true);
+    /* an escaped name is decoded */
+    usage_text_is("{\"usage\":{\"prompt\\u005ftokens\":6,\"completion_tokens\":2}}", 0, 6, 2, 0,
+                  true);
+    /* a number jansson can't hold fails its parse: the whole usage is ignored */
+    usage_text_is("{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,"
+                  "\"x\":123456789012345678901234}}", 0, 0, 0, 0, false);
+    usage_text_is("{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"x\":1e999}}",
+                  0, 0, 0, 0, false);
+    usage_text_is("{\"usage\":{\"prompt_tokens\":1099511627776,\"completion_tokens\":"
+                  "1099511627777}}", 1, 1099511627776L, 0, 0, true);
+}
+
 static void test_sums_saturate(void **state)
 {
     struct usage to = {.prompt = LONG_MAX - 1, .cache_read = LONG_MAX, .completion = 1};
@@ -132,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_cache_kinds_validated),
         cmocka_unit_test(test_anthropic_delta_output_only),
         cmocka_unit_test(test_openai_cached_validated),
+        cmocka_unit_test(test_openai_usage_from_text),
         cmocka_unit_test(test_sums_saturate),
         cmocka_unit_test(test_usage_option_spliced),
         cmocka_unit_test(test_usage_asked_read_from_text),
