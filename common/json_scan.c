@@ -10,14 +10,21 @@ static size_t skip_ws(const char *p, size_t len, size_t i)
     return i;
 }
 
-/* p[i] is '"': returns the index just past the closing quote, or len. */
+/* p[i] is '"': returns the index just past the closing quote, or len. Quotes are found with
+ * memchr (most of a body is long strings); one preceded by an odd run of backslashes is
+ * escaped. */
 static size_t skip_string(const char *p, size_t len, size_t i)
 {
-    for (i++; i < len; i++) {
-        if (p[i] == '\\')
-            i++;
-        else if (p[i] == '"')
-            return i + 1;
+    for (i++; i < len;) {
+        const char *q = memchr(p + i, '"', len - i);
+        if (!q)
+            return len;
+        size_t j = (size_t)(q - p), k = j;
+        while (k > i && p[k - 1] == '\\')
+            k--;
+        if ((j - k) % 2 == 0)
+            return j + 1;
+        i = j + 1;
     }
     return len;
 }

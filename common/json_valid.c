@@ -76,10 +76,30 @@ static int scan_escape(struct scan *s)
     }
 }
 
-/* s->p[s->i] is '"'; leaves s->i past the closing quote. */
+/* The end of the run of bytes from p[i] that need no check in a string (printable ASCII other
+ * than '"' and '\\'), eight at a time: most of a body is such runs. */
+static size_t plain_run(const unsigned char *p, size_t len, size_t i)
+{
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    while (len - i >= 8) {
+        uint64_t w, q, b;
+        memcpy(&w, p + i, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* a byte >= 0x80, < 0x20, '"' or '\\' (the zero-byte tests are exact for "any") */
+        if ((w | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high)
+            break;
+        i += 8;
+    }
+    while (i < len && p[i] >= 0x20 && p[i] < 0x80 && p[i] != '"' && p[i] != '\\')
+        i++;
+    return i;
+}
+
+/* s->p[s->i] is '"'; leaves s->i past the closing quote, or at the first wrong byte. */
 static int scan_string(struct scan *s)
 {
-    for (s->i++; s->i < s->len;) {
+    for (s->i++; (s->i = plain_run(s->p, s->len, s->i)) < s->len;) {
         unsigned char c = s->p[s->i];
         if (c == '"') {
             s->i++;
@@ -87,14 +107,8 @@ static int scan_string(struct scan *s)
         }
         if (c < 0x20)
             return -1;
-        if (c == '\\') {
-            if (scan_escape(s) < 0)
-                return -1;
-        } else if (c < 0x80) {
-            s->i++;
-        } else if (utf8_seq(s) < 0) {
+        if ((c == '\\' ? scan_escape(s) : utf8_seq(s)) < 0)
             return -1;
-        }
     }
     return -1;
 }

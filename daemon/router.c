@@ -219,6 +219,11 @@ static int take_model(struct request *r, const char *t, const struct json_pick *
 {
     if (!pk->found || t[pk->start] != '"')
         return -1;
+    size_t n = pk->end - pk->start;
+    if (!memchr(t + pk->start, '\\', n)) {      /* valid text without escapes: its bytes */
+        r->model = n > 2 ? strndup(t + pk->start + 1, n - 2) : NULL;
+        return r->model ? 0 : -1;
+    }
     json_t *v = json_valid_load(t + pk->start, pk->end - pk->start, JSON_DECODE_ANY, NULL);
     if (json_is_string(v) && json_string_length(v) && !memchr(json_string_value(v), 0,
                                                               json_string_length(v)))
