@@ -39,6 +39,15 @@ int buf_puts(struct buf *b, const char *s)
     return buf_append(b, s, strlen(s));
 }
 
+int buf_put_u64(struct buf *b, unsigned long long v)
+{
+    char d[20], *e = d + sizeof d, *q = e;
+    do
+        *--q = (char)('0' + v % 10);
+    while (v /= 10);
+    return buf_append(b, q, (size_t)(e - q));
+}
+
 int buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 {
     /* One formatting pass when it fits in the room already there (the common case). */

@@ -54,6 +54,8 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 static void conn_close(struct conn *c);
 static void conn_process(struct conn *c);
+static struct buf *out_buf(struct conn *c);
+static void out_commit(struct conn *c, int rc);
 
 static void sink_respond(struct request *r, int status, const char *body, size_t len);
 static void sink_stream_start(struct request *r, int status);
@@ -225,11 +227,23 @@ static size_t pending(const struct conn *c)
  * handled by on_write, never here: this runs inside other objects' callbacks. */
 static void queue(struct conn *c, const char *p, size_t n)
 {
+    out_commit(c, buf_append(out_buf(c), p, n));
+}
+
+/* The output buffer to append to, emptied first when everything in it was sent. */
+static struct buf *out_buf(struct conn *c)
+{
     if (c->out_sent > 0 && c->out_sent == c->out.len) {
         buf_reset(&c->out);
         c->out_sent = 0;
     }
-    if (buf_append(&c->out, p, n) < 0) {
+    return &c->out;
+}
+
+/* After appending to out_buf (rc: the appends' result): sends what it can at once. */
+static void out_commit(struct conn *c, int rc)
+{
+    if (rc < 0) {
         c->broken = true;       /* an answer with a hole can't be sent: on_write closes */
         ev_io_start(c->w->loop, &c->wio);
         return;
@@ -252,45 +266,60 @@ static const char *http_date(void)
     return date;
 }
 
-static void put_head(struct conn *c, struct buf *h, int status, const struct request *r)
+/* Appends "Name: value\r\n". */
+static int put_field(struct buf *h, const char *name, const char *value)
 {
-    buf_printf(h, "HTTP/1.1 %d %s\r\nServer: llmux\r\nDate: %s\r\n", status, http_status_reason(status),
-               http_date());
+    return buf_puts(h, name) | buf_puts(h, ": ") | buf_puts(h, value) | buf_puts(h, "\r\n");
+}
+
+/* The head's first lines and the request's own fields, appended without a printf (this runs
+ * for every answer); -1 when memory ran out. */
+static int put_head(struct conn *c, struct buf *h, int status, const struct request *r)
+{
+    int rc = buf_puts(h, "HTTP/1.1 ") | buf_put_u64(h, (unsigned)status) | buf_puts(h, " ") |
+             buf_puts(h, http_status_reason(status)) | buf_puts(h, "\r\nServer: llmux\r\n") |
+             put_field(h, "Date", http_date());
     if (r) {
-        buf_printf(h, "X-Request-Id: %s\r\n", r->id);
+        rc |= put_field(h, "X-Request-Id", r->id);
         if (r->upstream)
-            buf_printf(h, "X-Llmux-Upstream: %s\r\nX-Llmux-Attempts: %u\r\n", r->upstream,
-                       r->attempts);
+            rc |= put_field(h, "X-Llmux-Upstream", r->upstream) |
+                  buf_puts(h, "X-Llmux-Attempts: ") | buf_put_u64(h, r->attempts) |
+                  buf_puts(h, "\r\n");
         if (r->retry_after_s >= 0 && (status == 429 || status == 503))
-            buf_printf(h, "Retry-After: %ld\r\n", (long)r->retry_after_s);
+            rc |= buf_printf(h, "Retry-After: %ld\r\n", (long)r->retry_after_s);
         if (r->allow)
-            buf_printf(h, "Allow: %s\r\n", r->allow);
+            rc |= put_field(h, "Allow", r->allow);
         if (r->location[0])
-            buf_printf(h, "Location: %s\r\n", r->location);
+            rc |= put_field(h, "Location", r->location);
         keylimit_headers(r, h);
         if (r->priced && !r->streaming) {     /* a stream's comes last, in an SSE comment */
             char cost[32];
             cost_format(cost, sizeof cost, r->cost_usd);
-            buf_printf(h, "X-Llmux-Cost-Usd: %s\r\n", cost);
+            rc |= put_field(h, "X-Llmux-Cost-Usd", cost);
         }
     }
     if (c->close_after || c->w->draining)
-        buf_puts(h, "Connection: close\r\n");
+        rc |= buf_puts(h, "Connection: close\r\n");
+    return rc;
 }
 
+/* Head and body go straight into the connection's output buffer: one copy, one flush. */
 static void sink_respond(struct request *r, int status, const char *body, size_t len)
 {
     struct conn *c = r->owner;
-    struct buf h = BUF_INIT;
-    put_head(c, &h, status, r);
-    buf_printf(&h, "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-               r->content_type ? r->content_type : "application/json", len);
-    if (len <= 16384)
-        buf_append(&h, body, len);
-    queue(c, h.data, h.len);
-    if (len > 16384)
-        queue(c, body, len);
-    buf_free(&h);
+    struct buf *o = out_buf(c);
+    size_t mark = o->len;
+    /* room for a usual head and the body at once: one allocation, not a doubling series */
+    int rc = buf_reserve(o, 512 + len);
+    rc |= put_head(c, o, status, r) | buf_puts(o, "Content-Type: ") |
+             buf_puts(o, r->content_type ? r->content_type : "application/json") |
+             buf_puts(o, "\r\nContent-Length: ") | buf_put_u64(o, len) |
+             buf_puts(o, "\r\n\r\n") | buf_append(o, body, len);
+    if (rc < 0 && o->data) {
+        o->len = mark;      /* no half answer: out_commit marks the connection broken */
+        o->data[mark] = '\0';
+    }
+    out_commit(c, rc);
 }
 
 static void sink_stream_start(struct request *r, int status)

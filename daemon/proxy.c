@@ -99,7 +99,16 @@ static void proxy_free(struct proxy *p)
         buf_free(&a->sent);
     }
     buf_free(&p->frames);
+    free(p->uerr);
     free(p);
+}
+
+/* The upstream error's fields, allocated on first use; NULL when memory ran out. */
+static struct provider_error *uerr_get(struct proxy *p)
+{
+    if (!p->uerr)
+        p->uerr = calloc(1, sizeof *p->uerr);
+    return p->uerr;
 }
 
 static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
@@ -160,7 +169,7 @@ static int proxy_begin(struct request *r, const struct conf_model *m)
     p->fail_status = 503;
     p->fail_type = "upstream_error";
     p->fail_code = "no_healthy_upstream";
-    snprintf(p->fail_msg, sizeof p->fail_msg, "no healthy upstream for model %s", m->name);
+    /* fail_msg stays empty until a failure says more; give_up words the default */
     r->proxy = p;
     r->w->inflight++;           /* the process-wide slot was taken by the caller */
     attempt(p);
@@ -318,16 +327,19 @@ static void give_up(struct proxy *p)
         r->retry_after_s = p->all_open_retry_s;
     if (p->fail_upstream && r->error_shape != ERROR_SHAPE_OPENAI) {
         /* Relayed in the client's shape: the message kept, the type named after the status. */
-        request_fail(r, p->fail_status, "upstream_error", NULL, NULL, p->uerr.message,
+        request_fail(r, p->fail_status, "upstream_error", NULL, NULL, p->uerr->message,
                      OUTCOME_UPSTREAM_ERROR);
         return;
     }
     if (p->fail_upstream) {     /* four fields re-encoded; request_fail removes any secret */
-        const struct provider_error *e = &p->uerr;
+        const struct provider_error *e = p->uerr;
         request_fail(r, p->fail_status, e->type, e->code[0] ? e->code : NULL,
                      e->param[0] ? e->param : NULL, e->message, OUTCOME_UPSTREAM_ERROR);
         return;
     }
+    if (!p->fail_msg[0])
+        snprintf(p->fail_msg, sizeof p->fail_msg, "no healthy upstream for model %s",
+                 p->model->name);
     request_fail(r, p->fail_status, p->fail_type, p->fail_code,
                  p->fail_param[0] ? p->fail_param : NULL, p->fail_msg,
                  p->fail_status == 400 ? OUTCOME_REJECTED : OUTCOME_UPSTREAM_ERROR);
@@ -336,12 +348,14 @@ static void give_up(struct proxy *p)
 static struct curl_slist *build_headers(struct attempt *a, const struct conf_upstream *up)
 {
     struct request *r = a->p->r;
-    char line[160];
+    char line[160] = "X-Request-Id: ";
     struct curl_slist *h = NULL;
     h = curl_slist_append(h, "Content-Type: application/json");
     h = curl_slist_append(h, r->stream ? "Accept: text/event-stream" : "Accept: application/json");
     h = curl_slist_append(h, "Expect:");     /* no 100-continue round trip upstream */
-    snprintf(line, sizeof line, "X-Request-Id: %s", r->id);
+    size_t idn = strnlen(r->id, sizeof line - 15);      /* (no printf per request) */
+    memcpy(line + 14, r->id, idn);
+    line[14 + idn] = '\0';
     h = curl_slist_append(h, line);
     if (trace_attempt_begin(r, &a->span, line, sizeof line)) {
         h = curl_slist_append(h, line);
@@ -417,7 +431,8 @@ int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t
     }
     struct call_spec spec = {0};
     struct buf url = BUF_INIT;
-    buf_printf(&url, "%s%s", up->base_url, path);
+    buf_puts(&url, up->base_url);
+    buf_puts(&url, path);
     spec.url = url.data;
     buf_reset(&a->sent);
     if (r->trace && r->trace->sampled && r->conf->tracing.capture_content)
@@ -530,9 +545,10 @@ static bool relay_stream(struct attempt *a, const char *data, size_t n)
         json_t *e = p->stream_failed ? json_valid_load(p->frames.data, p->frames.len, 0, NULL)
                                      : NULL;
         json_t *m = json_object_get(json_object_get(e, "error"), "message");
-        if (json_is_string(m)) {        /* cut like any upstream message; secrets go later */
-            provider_error_cut(json_string_value(m), p->uerr.message, sizeof p->uerr.message);
-            msg = p->uerr.message;
+        struct provider_error *ue = json_is_string(m) ? uerr_get(p) : NULL;
+        if (ue) {       /* cut like any upstream message; secrets go later */
+            provider_error_cut(json_string_value(m), ue->message, sizeof ue->message);
+            msg = ue->message;
         }
         request_fail(r, 502, "upstream_error", "upstream_stream_error", NULL, msg,
                      OUTCOME_UPSTREAM_ERROR);
@@ -591,11 +607,15 @@ static void record_failure(struct proxy *p, struct attempt *a, enum call_result 
             /* The upstream's own answer, with its status: only message (cut), type, code and
              * param are re-encoded, and request_fail removes any upstream secret from them. */
             json_t *doc = a->codec.ops->decode_error(status, a->resp.data, a->resp.len);
-            provider_error_take(doc, &p->uerr);
+            struct provider_error *ue = uerr_get(p);
+            if (ue)
+                provider_error_take(doc, ue);
             json_decref(doc);
-            p->fail_status = (int)status;
-            p->fail_upstream = true;
-            return;
+            if (ue) {
+                p->fail_status = (int)status;
+                p->fail_upstream = true;
+                return;
+            }
         }
         p->fail_status = 502;
         p->fail_code = status >= 500 ? "upstream_status" : "upstream_bad_response";
@@ -785,11 +805,14 @@ static void on_done(void *ud, enum call_result result, long status, const char *
         detail = broken;
     }
     char code[16];
-    snprintf(code, sizeof code, "%ld", status);
-    span_end(a, a->target, status, broken ? "invalid_response" : !ok
-             ? trace_error_type(result, code)
-             : a == p->winner && r->streaming && !a->codec.stream_done ? "stream_truncated" : NULL,
-             NULL);
+    const char *etype = broken ? "invalid_response" : NULL;
+    if (!ok && !broken) {       /* the status in text only for a failure's error type */
+        snprintf(code, sizeof code, "%ld", status);
+        etype = trace_error_type(result, code);
+    } else if (ok && a == p->winner && r->streaming && !a->codec.stream_done) {
+        etype = "stream_truncated";
+    }
+    span_end(a, a->target, status, etype, NULL);
     attempt_ended(a, result, status);
     if (ok && !r->stream) {
         deliver_body(a, &out);

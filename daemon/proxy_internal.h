@@ -61,7 +61,8 @@ struct proxy {
     char fail_msg[200];
     char fail_param[64];            /* the client field a 400 names */
     bool fail_upstream;             /* the failure is the upstream's 4xx, in uerr */
-    struct provider_error uerr;     /* its four fields, re-encoded in the gateway's shape */
+    struct provider_error *uerr;    /* its four fields, re-encoded in the gateway's shape;
+                                     * allocated when first needed (4 KiB no answer uses) */
 };
 
 /* proxy.c: starts a call for target t in slot a; -1 when t can't take the request. */

@@ -54,7 +54,9 @@ void request_set_deadline(struct request *r, uint64_t ms)
 
 void request_set_client(struct request *r, const char *client, const char *ua, size_t ualen)
 {
-    snprintf(r->client, sizeof r->client, "%s", client ? client : "");
+    size_t n = client ? strnlen(client, sizeof r->client - 1) : 0;
+    memcpy(r->client, client ? client : "", n);
+    r->client[n] = '\0';
     free(r->user_agent);
     r->user_agent = ua ? strndup(ua, ualen < REQUEST_UA_MAX ? ualen : REQUEST_UA_MAX) : NULL;
 }
