@@ -242,3 +242,15 @@ int json_scan_member(const char *p, size_t len, const char *key, size_t *start, 
     size_t pos = 0;
     return walk_object(p, len, &pos, key, start, end);
 }
+
+bool json_scan_may_have(const char *p, size_t len, const char *name)
+{
+    char quoted[64];
+    size_t n = strlen(name);
+    if (n + 2 > sizeof quoted || memchr(p, '\\', len))
+        return true;
+    quoted[0] = '"';
+    memcpy(quoted + 1, name, n);
+    quoted[n + 1] = '"';
+    return memmem(p, len, quoted, n + 2) != NULL;
+}

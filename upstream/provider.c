@@ -169,7 +169,8 @@ bool openai_stream_usage_asked(const char *p, size_t n)
 {
     struct json_pick so[] = {{"stream_options", 0, 0, false}};
     struct json_pick iu[] = {{"include_usage", 0, 0, false}};
-    if (!p || json_scan_pick(p, n, so, 1) != 0 || !so[0].found || p[so[0].start] != '{')
+    if (!p || !json_scan_may_have(p, n, "stream_options") ||
+        json_scan_pick(p, n, so, 1) != 0 || !so[0].found || p[so[0].start] != '{')
         return false;
     p += so[0].start;
     return json_scan_pick(p, so[0].end - so[0].start, iu, 1) == 0 && iu[0].found &&

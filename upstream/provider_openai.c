@@ -31,6 +31,7 @@ static bool openai_wants_usage_option(enum endpoint ep, const struct buf *raw)
 {
     struct json_pick st[] = {{"stream", 0, 0, false}};
     return (ep == EP_CHAT || ep == EP_COMPLETIONS) && raw && raw->len &&
+           json_scan_may_have(raw->data, raw->len, "stream") &&
            json_scan_pick(raw->data, raw->len, st, 1) == 0 && st[0].found &&
            st[0].end - st[0].start == 4 && !memcmp(raw->data + st[0].start, "true", 4) &&
            !openai_stream_usage_asked(raw->data, raw->len);

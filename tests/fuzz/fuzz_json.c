@@ -1,6 +1,7 @@
 /* fuzz_json: libFuzzer target for the strict validator and the in-place scanners that trust
  * it. Whatever json_valid refuses, jansson must refuse too (the validator is never the looser
- * of the two); on text it accepts, the member and element walkers must stay in bounds. */
+ * of the two); on text it accepts, the member and element walkers must stay in bounds, and
+ * json_scan_may_have never rules out a member the walk finds. */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@ static void walk(const char *t, size_t n)
     for (size_t i = 0; i < 3; i++) {
         if (!pk[i].found)
             continue;
+        if (!json_scan_may_have(t, n, pk[i].name))
+            abort();        /* the quick test said a found member could not be there */
         if (pk[i].start > pk[i].end || pk[i].end > n)
             abort();
         size_t pos = pk[i].start, s, e;

@@ -55,6 +55,25 @@ static void test_pick_decodes_names_and_finds_duplicates(void **state)
     assert_int_equal(json_scan_pick("[1]", 3, pk, 3), -1);
 }
 
+/* Long strings with escaped quotes and backslash runs end where a parser says they end. */
+static void test_strings_with_escapes_skipped_exactly(void **state)
+{
+    const char *t = "{\"a\":\"x\\\\\",\"b\":\"q\\\"\\\\\\\"z\\\\\\\\\",\"model\":\"m\"}";
+    assert_string_equal(value_of(t, "model"), "\"m\"");
+    assert_string_equal(value_of(t, "a"), "\"x\\\\\"");
+}
+
+static void test_may_have_rules_out_only_absent_names(void **state)
+{
+    const char *plain = "{\"model\":\"m\",\"messages\":[]}";
+    assert_false(json_scan_may_have(plain, strlen(plain), "stream"));
+    assert_true(json_scan_may_have(plain, strlen(plain), "model"));
+    const char *esc = "{\"str\\u0065am\":true}";     /* an escape anywhere: can't tell */
+    assert_true(json_scan_may_have(esc, strlen(esc), "stream"));
+    const char *nested = "{\"x\":{\"stream\":1}}";    /* anywhere, not only at the top */
+    assert_true(json_scan_may_have(nested, strlen(nested), "stream"));
+}
+
 static void test_next_walks_array_elements(void **state)
 {
     const char *t = "[ {\"a\":[1,2]} , \"x,y\", 3 ]";
@@ -73,6 +92,8 @@ int main(void)
         cmocka_unit_test(test_skips_nested_and_tricky_strings),
         cmocka_unit_test(test_pick_decodes_names_and_finds_duplicates),
         cmocka_unit_test(test_next_walks_array_elements),
+        cmocka_unit_test(test_strings_with_escapes_skipped_exactly),
+        cmocka_unit_test(test_may_have_rules_out_only_absent_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
