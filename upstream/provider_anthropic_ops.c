@@ -48,9 +48,9 @@ static struct curl_slist *anthropic_auth(const struct codec *c, const struct con
     h = curl_slist_append(h, version);
     if (up->api_key && up->api_key[0]) {
         char line[1024];
-        snprintf(line, sizeof line, "x-api-key: %s", up->api_key);
+        int n = snprintf(line, sizeof line, "x-api-key: %s", up->api_key);
         h = curl_slist_append(h, line);
-        memset(line, 0, sizeof line);
+        explicit_bzero(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line);
     }
     return h;
 }

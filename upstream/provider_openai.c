@@ -135,9 +135,11 @@ static struct curl_slist *openai_auth(const struct codec *c, const struct conf_u
 {
     if (up->api_key && up->api_key[0]) {
         char line[1024];
-        snprintf(line, sizeof line, "Authorization: Bearer %s", up->api_key);
+        int n = snprintf(line, sizeof line, "Authorization: Bearer %s", up->api_key);
         h = curl_slist_append(h, line);
-        memset(line, 0, sizeof line);
+        /* the key is scrubbed from the stack (explicit_bzero: a dead store memset may be
+         * dropped by the compiler), the bytes written rather than the whole array */
+        explicit_bzero(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line);
     }
     return h;
 }
