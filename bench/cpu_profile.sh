@@ -30,47 +30,7 @@ T=$(mktemp -d /tmp/llmux-profile.XXXXXX) || exit 1
 log() { printf 'profile: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null
-    sp_i=0
-    while [ $sp_i -lt 100 ] && kill -0 "$1" 2>/dev/null; do
-        # a zombie child still answers kill -0; wait reaps it once it is one
-        case $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) in Z | "") break ;; esac
-        sleep 0.1
-        sp_i=$((sp_i + 1))
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-    PIDS=$(printf ' %s ' "$PIDS" | sed "s/ $1 / /g")
-}
-
-cleanup() {
-    for cl_p in $PIDS; do stop_pid "$cl_p"; done
-    [ -n "${PROFILE_KEEP:-}" ] && cp "$T"/cg.* "$PROFILE_KEEP"/ 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
-print(s.getsockname()[1])'
-}
-
-# Waits until 127.0.0.1:$1 accepts; 60 s at most (valgrind starts slowly).
-wait_port() {
-    python3 - "$1" <<'EOF'
-import socket, sys, time
-end = time.monotonic() + 60
-while time.monotonic() < end:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.1)
-sys.exit(1)
-EOF
-}
+. "$HERE/procs.sh"
 
 start_mock() {
     "$BUILD/mock_upstream" --listen 127.0.0.1:0 --quiet >"$T/mock.out" 2>"$T/mock.err" &
@@ -94,7 +54,7 @@ start_mock() {
         --errorlog-file="$T/ng.err" "$T/key.pem" "$T/cert.pem" 2>>"$T/ng.err" &
     NG_PID=$!
     PIDS="$PIDS $NG_PID"
-    wait_port "$UP_PORT" || die "nghttpx did not start"
+    wait_port "$UP_PORT" "$NG_PID" || die "nghttpx did not start"
 }
 
 llmuxd_config() {
@@ -141,7 +101,7 @@ start_target() {
     fi
     SRV_PID=$!
     PIDS="$PIDS $SRV_PID"
-    wait_port "$SRV_PORT" || die "$st_t did not start: $(tail -5 "$T/target.log")"
+    wait_port "$SRV_PORT" "$SRV_PID" 60 || die "$st_t did not start: $(tail -5 "$T/target.log")"
 }
 
 # wrk_n SECONDS — one wrk run at the target; prints the requests answered.
@@ -165,6 +125,7 @@ measure_ir() {
     stop_pid "$SRV_PID"
     mi_f=$(ls "$T/cg.$1".* | head -1)
     mv "$mi_f" "$T/cg.$1"
+    [ -n "${PROFILE_KEEP:-}" ] && cp "$T/cg.$1" "$PROFILE_KEEP/"
     callgrind_annotate --inclusive=yes "$T/cg.$1" 2>/dev/null |
         awk '/PROGRAM TOTALS/ { f = 1 } f && NF' | head -80 >"$T/annot.$1"
     callgrind_annotate "$T/cg.$1" 2>/dev/null |
@@ -192,11 +153,13 @@ measure_sys() {
     kill -INT "$ms_tr"
     wait "$ms_tr" 2>/dev/null
     stop_pid "$SRV_PID"
-    ms_all=$(awk '$NF == "total" { print $(NF-2) }' "$T/strace.$1")
-    echo "| $1 | syscalls | $(per_req "${ms_all:-0}" "${ms_n:-0}") | $ms_n |" >>"$T/rows"
+    # rows: % time, seconds, usecs/call, calls, [errors,] syscall
     awk -v n="$ms_n" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {
-        c = (NF == 6) ? $4 : $4; printf "    %-16s %.2f\n", $NF, c / n }' \
-        "$T/strace.$1" >>"$T/sys.$1"
+        printf "    %-16s %.2f\n", $NF, $4 / n }' "$T/strace.$1" >>"$T/sys.$1"
+    ms_all=$(awk '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { s += $4 } END { print s + 0 }' \
+        "$T/strace.$1")
+    ms_pr=$(awk -v a="$ms_all" -v n="${ms_n:-0}" 'BEGIN { if (n > 0) printf "%.2f", a / n }')
+    echo "| $1 | syscalls | ${ms_pr:--} | $ms_n |" >>"$T/rows"
 }
 
 start_mock

@@ -37,61 +37,9 @@ T=$(mktemp -d /tmp/llmux-bench.XXXXXX) || exit 1
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-# --- processes: every one started here is tracked by PID and stopped by PID -----------------
+# --- processes: alive, stop_pid, cleanup (the EXIT trap), free_port, wait_port -------------
 
-alive() {
-    al_st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
-    [ -n "$al_st" ] && [ "$al_st" != Z ]
-}
-
-untrack() { PIDS=$(printf ' %s ' "$PIDS" | sed "s/ $1 / /g"); }
-
-# SIGTERM, up to 5 s, then SIGKILL; reaps it.
-stop_pid() {
-    sp_i=0
-    kill -TERM "$1" 2>/dev/null
-    while [ $sp_i -lt 50 ] && alive "$1"; do sleep 0.1; sp_i=$((sp_i + 1)); done
-    if alive "$1"; then
-        log "pid $1 ignored SIGTERM for 5 s; killing it"
-        kill -KILL "$1" 2>/dev/null
-    fi
-    wait "$1" 2>/dev/null
-    untrack "$1"
-}
-
-cleanup() {
-    for cl_p in $PIDS; do stop_pid "$cl_p"; done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
-print(s.getsockname()[1])'
-}
-
-# Waits until 127.0.0.1:$1 accepts, while pid $2 lives; 10 s at most.
-wait_port() {
-    python3 - "$1" "$2" <<'EOF'
-import os, socket, sys, time
-port, pid = int(sys.argv[1]), int(sys.argv[2])
-end = time.monotonic() + 10
-while time.monotonic() < end:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        sys.exit(0)
-    except OSError:
-        time.sleep(0.02)
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                sys.exit(1)
-    except OSError:
-        sys.exit(1)
-sys.exit(1)
-EOF
-}
+. "$HERE/procs.sh"
 
 # --- /proc readings ----------------------------------------------------------------------------
 
