@@ -427,26 +427,32 @@ static struct http_limits parser_limits(const struct conn *c)
     return lim;
 }
 
-static void dispatch(struct conn *c)
+/* parsed: the head as conn_process parsed it in this same call, its slices still in place;
+ * NULL when the body came later or the buffer moved, and the head is parsed again (its
+ * slices must point into the buffer as it is now). */
+static void dispatch(struct conn *c, const struct http_head *parsed)
 {
-    struct http_head head;
-    struct http_limits lim = parser_limits(c);
-    int status = 0;
-    http_parse_head(c->in.data, c->head_len, &lim, &head, &status);  /* re-parse: cheap, and
-                                                        slices into a moved buffer stay valid */
-    c->close_after = c->close_after || !head.keep_alive;
+    struct http_head again;
+    if (!parsed) {
+        struct http_limits lim = parser_limits(c);
+        int status = 0;
+        http_parse_head(c->in.data, c->head_len, &lim, &again, &status);
+        parsed = &again;
+    }
+    const struct http_head *h = parsed;
+    c->close_after = c->close_after || !h->keep_alive;
     struct request *r = request_new(c->w, c->w->conf, &conn_sink, c, ROUTE_OTHER);
     if (!r) {
         conn_error(c, 503, "out of memory");
         return;
     }
     c->req = r;
-    const struct http_header *ua = http_find_header(&head, "user-agent");
+    const struct http_header *ua = http_find_header(h, "user-agent");
     request_set_client(r, c->peer, ua ? ua->value.p : NULL, ua ? ua->value.len : 0);
     enter(c, CONN_BUSY);
     const char *body = c->in.data + c->head_len;
     size_t body_len = (size_t)c->body_len;
-    router_dispatch(r, &head, body, body_len);
+    router_dispatch(r, h, body, body_len);
     /* The request copied what it needs; drop its bytes, keep any pipelined ones. */
     buf_consume(&c->in, c->head_len + body_len);
     if (c->in.len == 0)
@@ -461,6 +467,7 @@ static void conn_process(struct conn *c)
     struct http_limits lim = parser_limits(c);
     struct http_head head;
     int status = 0;
+    const char *parsed_in = NULL;       /* c->in.data when head was parsed in this call */
     if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
         head.path.len = 0;
         int n = http_parse_head(c->in.data, c->in.len, &lim, &head, &status);
@@ -490,6 +497,7 @@ static void conn_process(struct conn *c)
             conn_error(c, 413, "request body too large");
             return;
         }
+        parsed_in = c->in.data;
     }
     if (c->state != CONN_BODY)
         return;
@@ -509,7 +517,7 @@ static void conn_process(struct conn *c)
     } else if (c->in.len - c->head_len < c->body_len) {
         return;
     }
-    dispatch(c);
+    dispatch(c, parsed_in && parsed_in == c->in.data ? &head : NULL);
 }
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents)
