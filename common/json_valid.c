@@ -76,18 +76,24 @@ static int scan_escape(struct scan *s)
     }
 }
 
+#define LITTLE_ENDIAN_LOAD (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+
 /* The end of the run of bytes from p[i] that need no check in a string (printable ASCII other
  * than '"' and '\\'), eight at a time: most of a body is such runs. */
 static size_t plain_run(const unsigned char *p, size_t len, size_t i)
 {
     const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
     while (len - i >= 8) {
-        uint64_t w, q, b;
+        uint64_t w, q, b, stop;
         memcpy(&w, p + i, 8);
         q = w ^ (ones * '"');
         b = w ^ (ones * '\\');
-        /* a byte >= 0x80, < 0x20, '"' or '\\' (the zero-byte tests are exact for "any") */
-        if ((w | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high)
+        /* high bit set for a byte >= 0x80, < 0x20, '"' or '\\'; a borrow can only mark bytes
+         * after a true one, so the lowest mark is exact (bytes are loaded little-endian) */
+        stop = (w | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
+        if (stop && LITTLE_ENDIAN_LOAD)
+            return i + (size_t)(__builtin_ctzll(stop) >> 3);
+        if (stop)
             break;
         i += 8;
     }

@@ -78,6 +78,30 @@ static void test_stats_price_tiny_containers(void **state)
     free(big);
 }
 
+/* Strings are checked eight bytes at a time: a bad byte, a quote or an escape at any offset
+ * of a word (after plain runs of every length) is found exactly where it is. */
+static void test_bytes_found_at_every_offset(void **state)
+{
+    static const char bad[] = {0x01, 0x1f, (char)0xff, (char)0xc0};
+    char t[64];
+    for (size_t k = 0; k < 24; k++) {
+        for (size_t b = 0; b < sizeof bad; b++) {
+            memset(t, 'a', sizeof t);
+            t[0] = '"';
+            t[1 + k] = bad[b];
+            t[40] = '"';
+            size_t at = 0;
+            assert_int_equal(json_valid(t, 41, 8, NULL, &at), -1);
+            assert_int_equal(at, 1 + k);
+        }
+        memset(t, ' ', sizeof t);
+        t[0] = '"';
+        memset(t + 1, 'b', k);
+        memcpy(t + 1 + k, "\\n\\\"\u00e9\"", 7);     /* escapes, UTF-8, then the end */
+        assert_int_equal(json_valid(t, 1 + k + 7 + 20, 8, NULL, NULL), 0);
+    }
+}
+
 static void test_object_check(void **state)
 {
     assert_int_equal(json_valid_object(" {\"a\":1}", 8), 0);
@@ -93,6 +117,7 @@ int main(void)
         cmocka_unit_test(test_depth_and_error_offset),
         cmocka_unit_test(test_stats_price_tiny_containers),
         cmocka_unit_test(test_object_check),
+        cmocka_unit_test(test_bytes_found_at_every_offset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
