@@ -1,7 +1,8 @@
 /* hedge: delayed hedging. When no attempt has response headers `after` into the request, one
  * more attempt starts on the next target in routing order (the same one when it is alone); the
  * first 2xx head wins and every other attempt is cancelled at once. Hedges take a max_inflight
- * slot and a key slot each, stop once a stream byte is out, and end with the request. */
+ * slot and a key slot each (a Redis-backed key's answer may come a round trip later: the hedge
+ * waits for it), stop once a stream byte is out, and end with the request. */
 #include <stdlib.h>
 
 #include "daemon/breaker.h"
@@ -34,7 +35,7 @@ void hedge_arm(struct proxy *p)
 {
     struct request *r = p->r;
     if (p->hedge_after <= 0 || p->winner || r->streaming || p->hedges >= p->model->hedge_max ||
-        ev_is_active(&p->hedge))
+        ev_is_active(&p->hedge) || p->key_take)
         return;
     ev_timer_set(&p->hedge, p->hedge_after, 0.);
     ev_timer_start(r->w->loop, &p->hedge);
@@ -69,20 +70,6 @@ static const struct conf_target *pick(struct proxy *p, bool *probe)
     return NULL;
 }
 
-/* One more max_inflight slot (not ahead of queued requests) and one more of the key's: 0, or
- * -1 refused (nothing held). *key is the key's hold to give back, NULL when nothing was charged. */
-static int take_slots(struct request *r, struct state_hold **key)
-{
-    struct worker *w = r->w;
-    if (w->queue_head || !proxy_slot_take(w))
-        return -1;
-    if (keylimit_take_extra(r, key) < 0) {
-        proxy_slot_give(w);
-        return -1;
-    }
-    return 0;
-}
-
 static void give_slots(struct request *r, struct state_hold *key)
 {
     proxy_slot_give(r->w);
@@ -107,17 +94,21 @@ static struct attempt *free_slot(struct proxy *p)
     return NULL;
 }
 
-static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
+/* Whether one more attempt may start now: nothing answered or streamed yet, an attempt is
+ * running (not between retries), and the request has hedges and a slot left. */
+static bool wanted(struct proxy *p)
 {
-    struct proxy *p = t->data;
+    return free_slot(p) && !p->winner && !p->r->streaming && p->running &&
+           p->hedges < p->model->hedge_max;
+}
+
+/* Starts the hedge with its slots held (max_inflight, key's hold); gives them back when no
+ * target the breaker admits can take it. */
+static void launch(struct proxy *p, struct state_hold *key)
+{
     struct request *r = p->r;
     struct attempt *a = free_slot(p);
     bool probe = false;
-    if (!a || p->winner || r->streaming || !p->running || p->hedges >= p->model->hedge_max)
-        return;     /* answered, streaming, or between retries: nothing to hedge */
-    struct state_hold *key = NULL;
-    if (take_slots(r, &key) < 0)
-        return;
     const struct conf_target *tg = pick(p, &probe);
     if (!tg || proxy_launch(p, a, tg, probe) < 0) {
         if (probe)
@@ -131,6 +122,54 @@ static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
     p->hedges++;
     r->hedged = true;
     hedge_arm(p);
+}
+
+/* The key's answer came from Redis. Whatever changed meanwhile (a winner, a stream byte, the
+ * walk between retries) decides: a hedge no longer wanted gives its take back at once. */
+static void on_key_taken(void *arg, struct state_hold *key, bool taken)
+{
+    struct proxy *p = arg;
+    p->key_take = NULL;
+    if (!taken)
+        proxy_slot_give(p->r->w);       /* refused or failed closed: skipped */
+    else if (!wanted(p))
+        give_slots(p->r, key);
+    else
+        launch(p, key);
+}
+
+/* The max_inflight slot first (never ahead of queued requests), then the key's take: now, or
+ * a Redis round trip later with the hedge pending in p->key_take. */
+static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct proxy *p = t->data;
+    struct request *r = p->r;
+    struct state_hold *key = NULL;
+    if (p->key_take || !wanted(p))
+        return;     /* answered, streaming, or between retries: nothing to hedge */
+    if (r->w->queue_head || !proxy_slot_take(r->w))
+        return;
+    switch (keylimit_take_extra(r, &key, on_key_taken, p)) {
+    case KEYLIMIT_EXTRA_TAKEN:
+        launch(p, key);
+        return;
+    case KEYLIMIT_EXTRA_PENDING:
+        p->key_take = key;
+        return;
+    case KEYLIMIT_EXTRA_REFUSED:
+        proxy_slot_give(r->w);
+        return;
+    }
+}
+
+void hedge_end(struct proxy *p)
+{
+    hedge_stop(p);
+    if (!p->key_take)
+        return;
+    keylimit_cancel_extra(p->key_take);
+    p->key_take = NULL;
+    proxy_slot_give(p->r->w);
 }
 
 void hedge_won(struct proxy *p, struct attempt *a)

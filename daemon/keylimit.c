@@ -234,25 +234,63 @@ void keylimit_headers(const struct request *r, struct buf *h)
     }
 }
 
-int keylimit_take_extra(struct request *r, struct state_hold **hold)
+/* A hedge's take: the hold first, so the hold given out is the whole record. */
+struct extra {
+    struct state_hold h;
+    struct request *r;
+    keylimit_extra_done *done;
+    void *arg;
+};
+
+/* What an answered take comes to: TAKEN with *hold kept (NULL when the backend failed and
+ * on_error is open: nothing charged), or REFUSED (rate, concurrency, or failed closed). */
+static enum keylimit_extra extra_decide(struct extra *e, struct state_hold **hold)
+{
+    struct state_hold *h = &e->h;
+    if (h->verdict == STATE_TAKEN) {
+        *hold = h;
+        return KEYLIMIT_EXTRA_TAKEN;
+    }
+    bool open = h->verdict == STATE_FAILED && state_failed(e->r->w->state, h->why);
+    free(e);
+    *hold = NULL;
+    return open ? KEYLIMIT_EXTRA_TAKEN : KEYLIMIT_EXTRA_REFUSED;
+}
+
+static void on_extra_taken(struct state_hold *h)
+{
+    struct extra *e = (struct extra *)h;       /* h is the first member */
+    keylimit_extra_done *done = e->done;
+    void *arg = e->arg;
+    struct state_hold *hold;
+    bool taken = extra_decide(e, &hold) == KEYLIMIT_EXTRA_TAKEN;
+    done(arg, hold, taken);
+}
+
+enum keylimit_extra keylimit_take_extra(struct request *r, struct state_hold **hold,
+                                        keylimit_extra_done *done, void *arg)
 {
     *hold = NULL;
     if (!limited(r->key) || !r->w->state || !r->keylimit)
-        return 0;
-    struct state_hold *h = calloc(1, sizeof *h);
-    if (!h)
-        return -1;
-    if (!state_take(r->w->state, h, r->key)) {
-        state_cancel(h);        /* the redis backend answers later: too late for a hedge */
-        free(h);
-        return -1;
-    }
-    if (h->verdict != STATE_TAKEN) {
-        free(h);
-        return -1;
-    }
-    *hold = h;
-    return 1;
+        return KEYLIMIT_EXTRA_TAKEN;
+    struct extra *e = calloc(1, sizeof *e);
+    if (!e)
+        return KEYLIMIT_EXTRA_REFUSED;
+    e->r = r;
+    e->done = done;
+    e->arg = arg;
+    e->h.done = on_extra_taken;
+    if (state_take(r->w->state, &e->h, r->key))
+        return extra_decide(e, hold);
+    *hold = &e->h;
+    return KEYLIMIT_EXTRA_PENDING;
+}
+
+void keylimit_cancel_extra(struct state_hold *hold)
+{
+    /* A take that reached Redis keeps its rpm; its lease, if any, expires by itself. */
+    state_cancel(hold);
+    free(hold);
 }
 
 void keylimit_give_extra(struct request *r, struct state_hold *hold)

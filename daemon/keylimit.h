@@ -19,10 +19,21 @@ void keylimit_admit(struct request *r, const struct conf_model *m);
 void keylimit_release(struct request *r);
 /* Appends the x-ratelimit-* lines for a limited key (nothing otherwise). */
 void keylimit_headers(const struct request *r, struct buf *h);
-/* A hedge: one more call for a request its key admitted. Takes one more request of rpm and one
- * more concurrency slot now or never (a hedge does not wait): 1 with *hold to give back,
- * 0 when the key has nothing to charge, -1 refused. */
-int keylimit_take_extra(struct request *r, struct state_hold **hold);
+/* A hedge's own take of its key: one more request of rpm and one more concurrency slot, never
+ * waited for (a refused hedge is skipped). With state.on_error open a failed backend charges
+ * nothing and lets it go, as for the request itself. */
+enum keylimit_extra {
+    KEYLIMIT_EXTRA_TAKEN,       /* *hold to give back (NULL: nothing was charged) */
+    KEYLIMIT_EXTRA_REFUSED,     /* nothing held */
+    KEYLIMIT_EXTRA_PENDING,     /* the answer is a Redis round trip away: done runs later */
+};
+/* The pending take's answer, from the loop: taken with hold (or NULL, as above), or refused. */
+typedef void keylimit_extra_done(void *arg, struct state_hold *hold, bool taken);
+/* PENDING: *hold is the take on its way; until done runs, only keylimit_cancel_extra ends it. */
+enum keylimit_extra keylimit_take_extra(struct request *r, struct state_hold **hold,
+                                        keylimit_extra_done *done, void *arg);
+/* Ends a pending take (its owner goes away): done never runs, the take is freed. */
+void keylimit_cancel_extra(struct state_hold *hold);
 void keylimit_give_extra(struct request *r, struct state_hold *hold);
 
 #endif

@@ -88,7 +88,7 @@ static void proxy_free(struct proxy *p)
     struct worker *w = p->r->w;
     slot_give(w);
     ev_timer_stop(w->loop, &p->backoff);
-    hedge_stop(p);
+    hedge_end(p);
     for (unsigned i = 0; i < PROXY_SLOTS; i++) {
         struct attempt *a = &p->slots[i];
         if (a->codec.ops)

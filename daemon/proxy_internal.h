@@ -51,6 +51,7 @@ struct proxy {
     ev_timer hedge;
     double hedge_after;             /* seconds; 0 = no hedging */
     unsigned hedges;                /* hedges started */
+    struct state_hold *key_take;    /* a hedge's key take on its way to Redis (hedge.c) */
     struct buf frames;              /* translated stream output, reused */
     bool paused, stream_failed;
     int64_t retry_after_ms;         /* of the last failed attempt */
@@ -79,5 +80,6 @@ void hedge_arm(struct proxy *p);            /* a first attempt just started */
 void hedge_won(struct proxy *p, struct attempt *a);    /* a's head is 2xx: cancel the rest */
 void hedge_release(struct attempt *a);      /* a hedge attempt ended: give back its slots */
 void hedge_stop(struct proxy *p);
+void hedge_end(struct proxy *p);            /* the request ended: a pending take is cancelled */
 
 #endif
