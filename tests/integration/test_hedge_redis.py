@@ -155,31 +155,31 @@ class HedgeTakeInFlightTest(HedgeRedisCase):
 
     def hold_redis_after_first_take(self):
         self.assertTrue(wait_until(lambda: self.mock.stats()["inflight"] == 1, 5))
-        self.redis.command("CLIENT", "PAUSE", "2500", "ALL")
+        self.redis.command("CLIENT", "PAUSE", "3000", "ALL")
         return time.monotonic()
 
     def no_late_hedge(self, paused_at):
-        time.sleep(max(0, paused_at + 3.0 - time.monotonic()))      # Redis answered meanwhile
+        time.sleep(max(0, paused_at + 3.5 - time.monotonic()))      # Redis answered meanwhile
         self.assertTrue(wait_until(lambda: self.linked(self.d)))
         s = self.mock.stats()
         self.assertEqual(s["received"], 2, s)          # the request and the probe, no hedge
         self.mock.reset()
 
     def test_win_deadline_and_disconnect(self):
-        hedge = {"X-Llmux-Hedge-Ms": "500"}            # after the pause has begun
+        hedge = {"X-Llmux-Hedge-Ms": "800"}            # after the pause has begun
         out = []
         t = threading.Thread(target=lambda: out.append(self.timed_chat(
-            self.d, "x @mock:delay=1200,id=w", "key-wide-1", **hedge)))
+            self.d, "x @mock:delay=1600,id=w", "key-wide-1", **hedge)))
         t.start()
         paused_at = self.hold_redis_after_first_take()
         t.join(10)
         self.assertEqual((out[0][0], out[0][1]["x-llmux-attempts"]), (200, "1"))
-        self.assertLess(time.monotonic(), paused_at + 2.5)     # ended while Redis was paused
+        self.assertLess(time.monotonic(), paused_at + 3.0)     # ended while Redis was paused
         self.no_late_hedge(paused_at)
 
         t = threading.Thread(target=lambda: out.append(self.timed_chat(
             self.d, "x @mock:delay=3000,id=d", "key-wide-1",
-            **dict(hedge, **{"X-Llmux-Timeout-Ms": "1200"}))))
+            **dict(hedge, **{"X-Llmux-Timeout-Ms": "1600"}))))
         t.start()
         paused_at = self.hold_redis_after_first_take()
         t.join(10)
@@ -189,11 +189,11 @@ class HedgeTakeInFlightTest(HedgeRedisCase):
         body = json.dumps(chat_body("x @mock:delay=3000,id=c", model="h")).encode()
         s = socket.create_connection(("127.0.0.1", self.d.port), 10)
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                  b"Authorization: Bearer key-wide-1\r\nX-Llmux-Hedge-Ms: 500\r\n"
+                  b"Authorization: Bearer key-wide-1\r\nX-Llmux-Hedge-Ms: 800\r\n"
                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                   % (len(body), body))
         paused_at = self.hold_redis_after_first_take()
-        time.sleep(max(0, paused_at + 1.2 - time.monotonic()))   # the hedge's take is out
+        time.sleep(max(0, paused_at + 1.6 - time.monotonic()))   # the hedge's take is out
         s.close()
         self.assertTrue(wait_until(lambda: self.mock.stats()["aborted"] == 1, 5))
         self.no_late_hedge(paused_at)
