@@ -9,6 +9,7 @@ import time
 import unittest
 
 from harness import Daemon, Mock, RedisServer, chat_body
+from test_state_redis import RedisCase, wait_until
 
 CONFIG = """
 listen: ["127.0.0.1:{port}"]
@@ -36,19 +37,13 @@ log:
 
 
 def auth(key, **more):
-    return dict({"Authorization": "Bearer " + key}, **more)
+    """Authorization for key, and more headers (X_Llmux_Hedge_Ms for X-Llmux-Hedge-Ms)."""
+    return dict({"Authorization": "Bearer " + key},
+                **{k.replace("_", "-"): v for k, v in more.items()})
 
 
-def wait_until(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-class HedgeRedisCase(unittest.TestCase):
+class HedgeRedisCase(RedisCase):
+    """Two llmuxd (on_error open and closed) on one Redis; RedisCase's setUp between tests."""
     @classmethod
     def setUpClass(cls):
         cls.mock = Mock()
@@ -73,24 +68,10 @@ class HedgeRedisCase(unittest.TestCase):
             if rc != 0:
                 raise AssertionError("llmuxd exited with %s; log:\n%s" % (rc, d.logs()[-4000:]))
 
-    def setUp(self):
-        if not self.redis.running():
-            self.redis.start()
-        self.mock.wait_stats(lambda s: s["inflight"] == 0, 5)
-        for d in self.ds:        # every link (re)connected
-            self.assertTrue(wait_until(lambda: self.linked(d)), d.logs()[-2000:])
-        self.redis.command("FLUSHALL")
-        self.mock.reset()
-
-    @staticmethod
-    def errors(d):
-        return d.metrics().get("llmux_state_errors_total", 0)
-
     def linked(self, d):
         """A limited request went through Redis (not around it)."""
         before = self.errors(d)
-        st, _, _ = d.chat("probe", model="h", headers=auth("key-wide-1", **{
-            "X-Llmux-Hedge-Ms": "0"}))
+        st, _, _ = d.chat("probe", model="h", headers=auth("key-wide-1", X_Llmux_Hedge_Ms="0"))
         return st == 200 and self.errors(d) == before
 
     def leases(self, name):
@@ -113,7 +94,7 @@ class HedgeOnRedisTest(HedgeRedisCase):
     def test_limited_key_hedges_and_pays_for_it(self):
         won = self.d.metrics().get('llmux_hedges_total{outcome="won"}', 0)
         st, h, body, took = self.timed_chat(self.d, "x @mock:slow=4000,slow_first=1,id=a",
-                                            "key-rated-1", **{"X-Request-Id": "hr-1"})
+                                            "key-rated-1", X_Request_Id="hr-1")
         self.assertEqual(st, 200, body)
         self.assertEqual(h["x-llmux-attempts"], "2")
         self.assertLess(took, 3.5)                      # the hedge answered, not the slow one
@@ -124,12 +105,12 @@ class HedgeOnRedisTest(HedgeRedisCase):
         # both leases (the request's and the hedge's) are back in Redis
         self.assertTrue(wait_until(lambda: self.leases("rated") == 0))
         # the hedge counted against rpm: 6 - 3 takes
-        st, h, _, _ = self.timed_chat(self.d, "after", "key-rated-1", **{"X-Llmux-Hedge-Ms": "0"})
+        st, h, _, _ = self.timed_chat(self.d, "after", "key-rated-1", X_Llmux_Hedge_Ms="0")
         self.assertEqual((st, h["x-ratelimit-remaining-requests"]), (200, "3"))
         # and its concurrency slot is free again: the key runs two at once
         out = []
         ts = [threading.Thread(target=lambda i=i: out.append(self.timed_chat(
-            self.d, "c%d @mock:delay=300" % i, "key-rated-1", **{"X-Llmux-Hedge-Ms": "0"})[0]))
+            self.d, "c%d @mock:delay=300" % i, "key-rated-1", X_Llmux_Hedge_Ms="0")[0]))
             for i in range(2)]
         for t in ts:
             t.start()
@@ -166,7 +147,7 @@ class HedgeTakeInFlightTest(HedgeRedisCase):
         self.mock.reset()
 
     def test_win_deadline_and_disconnect(self):
-        hedge = {"X-Llmux-Hedge-Ms": "800"}            # after the pause has begun
+        hedge = {"X_Llmux_Hedge_Ms": "800"}            # after the pause has begun
         out = []
         t = threading.Thread(target=lambda: out.append(self.timed_chat(
             self.d, "x @mock:delay=1600,id=w", "key-wide-1", **hedge)))
@@ -179,7 +160,7 @@ class HedgeTakeInFlightTest(HedgeRedisCase):
 
         t = threading.Thread(target=lambda: out.append(self.timed_chat(
             self.d, "x @mock:delay=3000,id=d", "key-wide-1",
-            **dict(hedge, **{"X-Llmux-Timeout-Ms": "1600"}))))
+            X_Llmux_Timeout_Ms="1600", **hedge)))
         t.start()
         paused_at = self.hold_redis_after_first_take()
         t.join(10)
@@ -207,7 +188,7 @@ class HedgeRedisDownTest(HedgeRedisCase):
 
         def one(d, tag):
             out[tag] = self.timed_chat(d, "x @mock:slow=2500,slow_first=1,id=%s" % tag,
-                                       "key-rated-1", **{"X-Llmux-Hedge-Ms": "1000"})
+                                       "key-rated-1", X_Llmux_Hedge_Ms="1000")
         ts = [threading.Thread(target=one, args=a) for a in ((self.d, "o"), (self.dc, "c"))]
         for t in ts:
             t.start()
