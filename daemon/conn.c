@@ -16,6 +16,7 @@
 #include "common/buf.h"
 #include "common/http_status.h"
 #include "common/log.h"
+#include "daemon/budget.h"
 #include "daemon/cost.h"
 #include "daemon/http_parser.h"
 #include "daemon/keylimit.h"
@@ -292,6 +293,7 @@ static int put_head(struct conn *c, struct buf *h, int status, const struct requ
         if (r->location[0])
             rc |= put_field(h, "Location", r->location);
         keylimit_headers(r, h);
+        budget_headers(r, h);
         if (r->priced && !r->streaming) {     /* a stream's comes last, in an SSE comment */
             char cost[32];
             cost_format(cost, sizeof cost, r->cost_usd);

@@ -39,7 +39,8 @@ static const size_t dim_size[DIM_COUNT] = {
     sizeof(struct km_counters),
 };
 static const char *const dim_name[DIM_COUNT] = {"targets", "models", "keys", "key/model pairs"};
-static const char *const limit_names[KEY_LIMIT_COUNT] = {"rpm", "tpm", "concurrency"};
+static const char *const limit_names[KEY_LIMIT_COUNT] = {"rpm", "tpm", "concurrency",
+                                                         "budget"};
 static const char *const event_names[PAIR_EVENT_COUNT] = {
     "upstream_attempts_total", "upstream_retries_total", "upstream_fallbacks_total",
     "upstream_failures_total",

@@ -13,7 +13,8 @@
 #include "daemon/metrics.h"
 #include "upstream/usage.h"
 
-enum key_limit { KEY_LIMIT_RPM, KEY_LIMIT_TPM, KEY_LIMIT_CONCURRENCY, KEY_LIMIT_COUNT };
+enum key_limit { KEY_LIMIT_RPM, KEY_LIMIT_TPM, KEY_LIMIT_CONCURRENCY, KEY_LIMIT_BUDGET,
+                 KEY_LIMIT_COUNT };
 enum pair_event { PAIR_ATTEMPT, PAIR_RETRY, PAIR_FALLBACK, PAIR_FAILURE, PAIR_EVENT_COUNT };
 
 /* Counter storage for the process, indexed by name: a name that stays in the config across
