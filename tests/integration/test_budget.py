@@ -16,6 +16,7 @@ import unittest
 
 import harness
 from harness import Case, Daemon, Mock, RedisServer, free_port
+from test_docs import Validate
 
 # 1000 USD per million tokens: one token costs a tenth of a cent, so budgets are small numbers.
 PRICE = """
@@ -181,12 +182,15 @@ class BudgetTest(Case):
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-a"))
         self.assertEqual(st, 200)
         own = json.loads(data)
+        Validate.check("SpendReport", own)
         self.assertEqual([k["key"] for k in own["keys"]], ["team-a"])
         self.assertEqual(own["models"], [])
         self.assertEqual(own["keys"][0]["budget"]["window"], "1d")
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-free"))
         self.assertEqual(json.loads(data)["keys"][0]["budget"], None)
+        Validate.check("SpendReport", json.loads(data))
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-boss"))
+        Validate.check("SpendReport", json.loads(data))
         self.assertEqual([k["key"] for k in json.loads(data)["keys"]],
                          ["team-a", "team-b", "free", "boss"])
         for h in ({}, auth("sk-nope")):
@@ -257,6 +261,7 @@ class ModelBudgetTest(unittest.TestCase):
         week = 7 * 86400
         self.assertAlmostEqual(int(h["retry-after"]), week - time.time() % week, delta=5)
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-boss"))
+        Validate.check("SpendReport", json.loads(data))
         model = json.loads(data)["models"][0]
         self.assertEqual(model["model"], "m")
         self.assertLessEqual(model["spent_usd"], 0.05 + 1e-9)
