@@ -169,7 +169,7 @@ struct state *state_new(const struct conf *c, char *err, size_t errlen)
     state_redis_init(st);
     state_budget_redis_init(st);
     pthread_mutex_init(&st->accts_mu, NULL);
-    if (!st->redis)
+    if (!st->redis && c->jobs.dir)
         state_saver_start(st, c->jobs.dir);
     return st;
 }
