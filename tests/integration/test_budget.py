@@ -30,6 +30,7 @@ keys:
   - {name: team-b, key: sk-b, budget: {usd: 5, window: calendar_month}}
   - {name: free, key: sk-free}
   - {name: boss, key: sk-boss, admin: true}
+  - {name: team-g, key: sk-g, budget: {usd: 0.07, window: 1d}}
 """
 NANO = 1e9
 
@@ -178,6 +179,30 @@ class BudgetTest(Case):
         self.assertTrue(wait_until(lambda: spend_of(self.d, "team-b")["reserved_usd"] == 0))
         self.assertGreater(spend_of(self.d, "team-b")["spent_usd"], before)
 
+    def test_gather_items_and_jobs_reserve_each(self):
+        item = body_of("item @mock:delay=200", max_tokens=10)
+        est = estimate(item, 10)
+        self.assertTrue(2 * est <= 0.07 < 3 * est, est)     # room for two items, not three
+        st, _, data = self.d.request("POST", "/v1/gather", {"requests": [item] * 3},
+                                     auth("sk-g"))
+        self.assertEqual(st, 200, data)
+        results = json.loads(data)["results"]
+        self.assertEqual([r["status"] for r in results], [200, 200, 429])
+        self.assertEqual(results[2]["error"]["code"], "budget_exceeded")
+        k = spend_of(self.d, "team-g")
+        self.assertEqual(k["reserved_usd"], 0)
+        self.assertAlmostEqual(k["spent_usd"], json.loads(data)["cost_usd"], places=9)
+        # a job runs through the same admission: refused once the rest does not fit
+        st, _, data = self.d.request("POST", "/v1/jobs", {"request": item}, auth("sk-g"))
+        self.assertEqual(st, 202, data)
+        jid = json.loads(data)["id"]
+        job = {}
+        self.assertTrue(wait_until(lambda: job.update(json.loads(self.d.request(
+            "GET", "/v1/jobs/" + jid, headers=auth("sk-g"))[2])) or
+            job["status"] in ("succeeded", "failed")))
+        self.assertEqual(job["status"], "failed")
+        self.assertEqual(job["error"]["code"], "budget_exceeded")
+
     def test_spend_visibility(self):
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-a"))
         self.assertEqual(st, 200)
@@ -192,7 +217,7 @@ class BudgetTest(Case):
         st, _, data = self.d.request("GET", "/v1/spend", headers=auth("sk-boss"))
         Validate.check("SpendReport", json.loads(data))
         self.assertEqual([k["key"] for k in json.loads(data)["keys"]],
-                         ["team-a", "team-b", "free", "boss"])
+                         ["team-a", "team-b", "free", "boss", "team-g"])
         for h in ({}, auth("sk-nope")):
             st, _, data = self.d.request("GET", "/v1/spend", headers=h)
             self.assertEqual(st, 401)
@@ -339,7 +364,7 @@ def overshoot(daemons, secret, n=200, max_tokens=5):
     return results, est
 
 
-def race(daemons, secret, key, room=0.4, max_tokens=1):
+def race(daemons, secret, key, room=0.4, max_tokens=1, n=200):
     """Spends key's budget down to about `room` USD (big prompts), then sends 200 requests at
     once over daemons. max_tokens=1 while the mock answers 7 tokens: each answer costs more than
     its estimate, so the overshoot is not trivially 0. Returns the figures of the race."""
@@ -350,7 +375,7 @@ def race(daemons, secret, key, room=0.4, max_tokens=1):
     while spend_of(d, key)["remaining_usd"] > room:
         assert d.chat("x" * 100, headers=auth(secret), max_tokens=1)[0] == 200
     before = spend_of(d, key)
-    results, est = overshoot(daemons, secret, max_tokens=max_tokens)
+    results, est = overshoot(daemons, secret, n=n, max_tokens=max_tokens)
     after = spend_of(d, key)
     usd = after["budget"]["usd"]
     return {"n": len(results), "admitted": results.count(200), "refused": results.count(429),
