@@ -5,7 +5,6 @@
 #include "daemon/state_impl.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,18 +45,16 @@ static json_t *acct_json(struct state_acct *a)
     return o;
 }
 
-static int write_all(int fd, const char *p, size_t n)
+/* Temp file, fsync, rename: the file is the old snapshot or the new one, never a torn one. */
+static int write_file(const char *path, const char *tmp, const char *text)
 {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return -1;
+    bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0 || !ok)
+        return -1;
+    return rename(tmp, path);
 }
 
 static int save(struct state_saver *sv)
@@ -73,16 +70,11 @@ static int save(struct state_saver *sv)
     json_decref(doc);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", sv->path);
-    mkdir(sv->dir, 0700);
-    int fd = text ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
-    int rc = fd < 0 || write_all(fd, text, strlen(text)) < 0 || fsync(fd) < 0 ? -1 : 0;
-    if (fd >= 0 && close(fd) < 0)
-        rc = -1;
-    if (rc == 0 && rename(tmp, sv->path) < 0)
-        rc = -1;
+    mkdir(sv->dir, 0700);               /* as the journal: created on first use */
+    int rc = text ? write_file(sv->path, tmp, text) : -1;
     if (rc < 0 && !sv->warned)
         log_warn("budgets: cannot write %s: %s (spend is kept in memory; retrying)", sv->path,
-                 strerror(errno));
+                 text ? strerror(errno) : "out of memory");
     sv->warned = rc < 0;
     free(text);
     return rc;

@@ -17,6 +17,7 @@ import unittest
 import harness
 from harness import Case, Daemon, Mock, RedisServer, free_port
 from test_docs import Validate
+from test_state_redis import wait_until
 
 # 1000 USD per million tokens: one token costs a tenth of a cent, so budgets are small numbers.
 PRICE = """
@@ -63,15 +64,6 @@ def spend_of(d, key, who="sk-boss"):
         if k["key"] == key:
             return k
     raise AssertionError("no key %s in %s" % (key, data))
-
-
-def wait_until(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def config_text(mock, models_extra, extra):
