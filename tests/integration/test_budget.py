@@ -407,6 +407,62 @@ class OvershootTest(unittest.TestCase):
             mock.stop()
 
 
+def slow_request(d, secret):
+    """A request that stays in flight (mock delay 5 s) on its own thread; returns the thread."""
+    t = threading.Thread(target=lambda: d.request(
+        "POST", "/v1/chat/completions", body_of("slow @mock:delay=5000", max_tokens=5),
+        auth(secret), timeout=30), daemon=True)
+    t.start()
+    return t
+
+
+class ShutdownTest(unittest.TestCase):
+    """A request cut by shutdown settles: its reservation does not outlive the process."""
+
+    def test_memory(self):
+        mock = Mock()
+        d = Daemon(mock, extra=PRICE + KEYS + "shutdown_grace: 200ms\n")
+        try:
+            self.assertEqual(d.chat("hi", headers=auth("sk-b"), max_tokens=5)[0], 200)
+            spent = spend_of(d, "team-b")["spent_usd"]
+            t = slow_request(d, "sk-b")
+            self.assertTrue(wait_until(lambda: spend_of(d, "team-b")["reserved_usd"] > 0))
+            self.assertEqual(d.stop(), 0)       # cut after 200 ms: 503, no answer, no charge
+            t.join(10)
+            with open(os.path.join(d.dir, "jobs", "budget.json")) as f:
+                saved = json.load(f)
+            acct = [a for a in saved["accounts"] if a["name"] == "k:team-b"]
+            self.assertEqual(acct[0]["spent"], round(spent * NANO))
+            self.assertNotIn("reserved", acct[0])       # reservations are never saved
+        finally:
+            d.stop()
+            mock.stop()
+
+    def test_redis(self):
+        mock = Mock()
+        redis = RedisServer(persist=False)
+        state = "\nstate:\n  backend: redis\n  redis: %s\n  timeout: 2s\n" % redis.url
+        d = None
+        try:
+            d = Daemon(mock, extra=PRICE + KEYS + state + "shutdown_grace: 200ms\n")
+            self.assertTrue(wait_until(lambda: d.request("GET", "/v1/spend",
+                                                         headers=auth("sk-b"))[0] == 200))
+            t = slow_request(d, "sk-b")
+            self.assertTrue(wait_until(lambda: spend_of(d, "team-b")["reserved_usd"] > 0))
+            self.assertEqual(d.stop(), 0)
+            t.join(10)
+            key = redis.command("KEYS", "llmux:budget:*")[0]
+            fields = redis.command("HGETALL", key)
+            h = dict(zip(fields[::2], fields[1::2]))
+            self.assertEqual(h["reserved"], "0", h)
+            self.assertEqual([f for f in h if f.startswith("r:")], [])
+        finally:
+            if d:
+                d.stop()
+            redis.stop()
+            mock.stop()
+
+
 class RedisBudgetTest(OvershootTest):
     """Two llmuxd on one Redis hold one budget, not two."""
 
