@@ -80,12 +80,12 @@ struct script_args {
     char keys[STATE_BUDGET_MAX][300];
     char nums[ARGV_MAX][24];
     const char *argv[ARGV_MAX + 8];
-    int argc;
+    int argc, nnums;
 };
 
 static void put_num(struct script_args *a, int64_t v)
 {
-    char *s = a->nums[a->argc % ARGV_MAX];
+    char *s = a->nums[a->nnums++];
     snprintf(s, sizeof a->nums[0], "%lld", (long long)v);
     a->argv[a->argc++] = s;
 }
@@ -95,7 +95,7 @@ static void args_begin(struct script_args *a, const struct state *st, bool eval,
                        const struct state_budget_ref *refs, size_t n)
 {
     static const char *const nkeys[] = {"0", "1", "2"};
-    a->argc = 0;
+    a->argc = a->nnums = 0;
     a->argv[a->argc++] = eval ? "EVAL" : "EVALSHA";
     a->argv[a->argc++] = eval ? script : st->budget_sha;
     a->argv[a->argc++] = nkeys[n];

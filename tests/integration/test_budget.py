@@ -66,6 +66,12 @@ def spend_of(d, key, who="sk-boss"):
     raise AssertionError("no key %s in %s" % (key, data))
 
 
+def stopped(d):
+    """Stops d (again is harmless) and fails when it did not exit cleanly (ASan included)."""
+    rc = d.stop()
+    assert rc == 0, "llmuxd exited with %s; log:\n%s" % (rc, d.logs()[-4000:])
+
+
 def config_text(mock, models_extra, extra):
     """The harness's default config with lines added under model m (e.g. a budget)."""
     models_extra = models_extra.replace("{", "{{").replace("}", "}}")
@@ -262,7 +268,7 @@ class ModelBudgetTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.d.stop()
+        stopped(cls.d)
         cls.mock.stop()
 
     def test_model_budget_across_keys(self):
@@ -309,9 +315,9 @@ class RestartTest(unittest.TestCase):
                 self.assertAlmostEqual(after["spent_usd"], before["spent_usd"], places=9)
                 self.assertEqual(after["models"], before["models"])
             finally:
-                d2.stop()
+                stopped(d2)
         finally:
-            d.stop()
+            stopped(d)
             mock.stop()
 
     def test_config_is_checked(self):
@@ -403,7 +409,7 @@ class OvershootTest(unittest.TestCase):
         try:
             self.check(race([d], "sk-b", "team-b"))
         finally:
-            d.stop()
+            stopped(d)
             mock.stop()
 
 
@@ -435,7 +441,7 @@ class ShutdownTest(unittest.TestCase):
             self.assertEqual(acct[0]["spent"], round(spent * NANO))
             self.assertNotIn("reserved", acct[0])       # reservations are never saved
         finally:
-            d.stop()
+            stopped(d)
             mock.stop()
 
     def test_redis(self):
@@ -458,7 +464,7 @@ class ShutdownTest(unittest.TestCase):
             self.assertEqual([f for f in h if f.startswith("r:")], [])
         finally:
             if d:
-                d.stop()
+                stopped(d)
             redis.stop()
             mock.stop()
 
@@ -496,10 +502,39 @@ class RedisBudgetTest(OvershootTest):
             self.check(race(ds, "sk-b", "team-b"))
         finally:
             for d in ds:
-                d.stop()
+                stopped(d)
             redis.stop()
             mock.stop()
 
+
+    def test_redis_down_follows_on_error(self):
+        mock = Mock()
+        redis = RedisServer(persist=False)
+        ds = {}
+        try:
+            for policy in ("open", "closed"):
+                state = ("\nstate:\n  backend: redis\n  redis: %s\n  timeout: 300ms\n"
+                         "  on_error: %s\n" % (redis.url, policy))
+                ds[policy] = Daemon(mock, extra=PRICE + KEYS + state)
+                self.assertTrue(wait_until(lambda: ds[policy].request(
+                    "GET", "/v1/spend", headers=auth("sk-b"))[0] == 200))
+            redis.stop()
+            st, _, _ = ds["open"].chat("hi", headers=auth("sk-b"), max_tokens=5)
+            self.assertEqual(st, 200)
+            st, h, data = ds["closed"].chat("hi", headers=auth("sk-b"), max_tokens=5)
+            self.assertEqual(st, 503)
+            self.assertEqual(data["error"]["code"], "state_unavailable")
+            self.assertEqual(h["retry-after"], "1")
+            st, _, data = ds["closed"].request("GET", "/v1/spend", headers=auth("sk-b"))
+            self.assertEqual(st, 503)
+            self.assertNotIn(b"redis://", data)
+            # unbudgeted keys never touch the budget state
+            self.assertEqual(ds["closed"].chat("hi", headers=auth("sk-free"))[0], 200)
+        finally:
+            for d in ds.values():
+                stopped(d)
+            redis.stop()
+            mock.stop()
 
 if __name__ == "__main__":
     unittest.main()
