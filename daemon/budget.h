@@ -35,5 +35,8 @@ int64_t budget_estimate(const struct conf_model *m, size_t body_bytes, long max_
 
 /* GET /v1/spend (budget_spend.c). */
 void budget_spend(struct request *r);
+/* llmux_budget_spent_usd / llmux_budget_remaining_usd{key|model} for /metrics: exact with the
+ * memory backend, the figures this instance last saw with Redis. Nothing without budgets. */
+void budget_metrics(struct buf *out, const struct conf *c, struct state *st);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/metrics_labels.h"
 #include "daemon/worker.h"
 
 static const char *const window_names[] = {"1d", "7d", "30d", "calendar_month"};
@@ -157,4 +158,42 @@ void budget_spend(struct request *r)
     r->budget = b;                      /* request_end frees it (and cancels the read) */
     if (state_spend_read(r->w->state, &b->rd))
         on_read(&b->rd);
+}
+
+/* One budget's two gauges. */
+static void metric_rows(struct buf *spent, struct buf *left, struct state *st,
+                        struct state_budget_ref *ref)
+{
+    struct buf l = BUF_INIT;
+    state_budget_peek(st, ref);
+    metrics_label(&l, ref->kind == BUDGET_OF_KEY ? "key" : "model", ref->name);
+    int64_t rem = (int64_t)(ref->b->usd * STATE_NUSD + 0.5) - ref->spent - ref->reserved;
+    buf_printf(spent, "llmux_budget_spent_usd{%s} %.9f\n", l.data,
+               (double)ref->spent / STATE_NUSD);
+    buf_printf(left, "llmux_budget_remaining_usd{%s} %.9f\n", l.data,
+               rem > 0 ? (double)rem / STATE_NUSD : 0);
+    buf_free(&l);
+}
+
+void budget_metrics(struct buf *out, const struct conf *c, struct state *st)
+{
+    struct buf spent = BUF_INIT, left = BUF_INIT;
+    for (size_t i = 0; st && i < c->nkeys; i++)
+        if (c->keys[i].budget.usd > 0)
+            metric_rows(&spent, &left, st, &(struct state_budget_ref){
+                .kind = BUDGET_OF_KEY, .name = c->keys[i].name, .b = &c->keys[i].budget});
+    for (size_t i = 0; st && i < c->nmodels; i++)
+        if (c->models[i].budget.usd > 0)
+            metric_rows(&spent, &left, st, &(struct state_budget_ref){
+                .kind = BUDGET_OF_MODEL, .name = c->models[i].name, .b = &c->models[i].budget});
+    if (spent.len) {
+        metrics_header(out, "budget_spent_usd", "gauge", "Spend in the current budget window "
+                       "(USD), by key or model (redis: as this instance last saw it).");
+        buf_append(out, spent.data, spent.len);
+        metrics_header(out, "budget_remaining_usd", "gauge", "Budget left in the current "
+                       "window (USD): amount less spent and reserved, at least 0.");
+        buf_append(out, left.data, left.len);
+    }
+    buf_free(&spent);
+    buf_free(&left);
 }

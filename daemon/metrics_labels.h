@@ -45,6 +45,8 @@ void metrics_labels_request(const struct conf *c, unsigned worker, const struct 
 void metrics_labels_usage(const struct conf *c, unsigned worker, const struct conf_key *key,
                           const struct conf_model *m, const struct usage *u, double usd,
                           bool estimated);
+/* name="value" with the exposition format's escapes (names may hold '"' or '\'). */
+void metrics_label(struct buf *out, const char *name, const char *value);
 void metrics_labels_key_limited(const struct conf *c, unsigned worker,
                                 const struct conf_key *key, enum key_limit l);
 

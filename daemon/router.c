@@ -368,6 +368,7 @@ static void handle_metrics(struct request *r)
     if (s->jobs)
         jobs_store_metrics(s->jobs, &out);
     breaker_metrics(&out, r->conf);
+    budget_metrics(&out, r->conf, s->state);
     trace_export_render(&out);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);

@@ -112,6 +112,10 @@ class BudgetTest(Case):
         self.assertEqual(k["models"], [{"model": "m", "spent_usd": k["spent_usd"]}])
         m = self.d.metrics()
         self.assertGreaterEqual(m['llmux_key_limited_total{key="team-a",limit="budget"}'], 1)
+        self.assertAlmostEqual(m['llmux_budget_spent_usd{key="team-a"}'], spent, places=6)
+        self.assertAlmostEqual(m['llmux_budget_remaining_usd{key="team-a"}'], 0.1 - spent,
+                               places=6)
+        self.assertNotIn('llmux_budget_spent_usd{key="free"}', m)
         # a small request still fits where a large estimate did not
         st, h, _ = self.d.request("GET", "/v1/models", headers=auth("sk-a"))
         self.assertEqual(st, 200)
