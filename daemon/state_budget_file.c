@@ -31,17 +31,24 @@ struct state_saver {
 
 static const char *const kinds[] = {"1d", "7d", "30d", "calendar_month"};
 
+/* The account's window as JSON; NULL when it never had one (only peeked at). */
 static json_t *acct_json(struct state_acct *a)
 {
-    json_t *models = json_object();
+    json_t *models = json_object(), *o = NULL;
     pthread_mutex_lock(&a->mu);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:I}", "name", a->name, "window_kind",
+    if (a->window < 0)
+        goto out;
+    o = json_pack("{s:s, s:s, s:I, s:I}", "name", a->name, "window_kind",
                           kinds[a->wkind], "window", (json_int_t)a->window,
                           "spent", (json_int_t)a->spent);
     for (struct acct_model *m = a->models; m; m = m->next)
         json_object_set_new(models, m->name, json_integer(m->spent));
+out:
     pthread_mutex_unlock(&a->mu);
-    json_object_set_new(o, "models", models);
+    if (o)
+        json_object_set_new(o, "models", models);
+    else
+        json_decref(models);
     return o;
 }
 
@@ -63,8 +70,7 @@ static int save(struct state_saver *sv)
     for (size_t i = 0; i < STATE_BUCKETS; i++)
         for (struct state_acct *a = __atomic_load_n(&sv->st->accts[i], __ATOMIC_ACQUIRE); a;
              a = a->next)
-            if (a->window >= 0)
-                json_array_append_new(list, acct_json(a));
+            json_array_append_new(list, acct_json(a));     /* NULL: nothing appended */
     json_t *doc = json_pack("{s:i, s:o}", "version", 1, "accounts", list);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
