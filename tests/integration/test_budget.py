@@ -340,6 +340,16 @@ class RestartTest(unittest.TestCase):
                 self.assertIn("keys[0]", r.stderr)
                 self.assertIn(want, r.stderr)
 
+    def test_budget_without_prices_is_warned(self):
+        path = os.path.join(harness.tempfile.mkdtemp(), "c.yaml")
+        for prices, warned in (("", True), (PRICE, False)):
+            with open(path, "w") as f:
+                f.write("keys:\n  - {name: a, key: sk-1, budget: {usd: 5}}\n" + prices)
+            r = subprocess.run([harness.binary("llmuxd"), "-t", "-c", path],
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual("no budget is ever spent" in r.stderr, warned, r.stderr)
+
 
 def overshoot(daemons, secret, n=200, max_tokens=5):
     """n requests at once with the key secret, spread over daemons: their statuses, and the
