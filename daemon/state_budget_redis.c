@@ -12,7 +12,8 @@
 #define EXPIRE_AFTER_S 3600             /* a window's hash outlives its end by this */
 #define ARGV_MAX 16
 
-/* KEYS: one hash per budget (key's first). ARGV[1] = op.
+/* KEYS: one hash per budget (key's first). ARGV[1] = op. Amounts go to HINCRBY as the
+ * decimal strings they came as: a Lua number would be printed with 14 digits ("1e+14").
  * reserve: estimate lease {limit expire_at}… → {refused index or 0, spent, reserved, …}
  * settle: - lease cost model {expire_at}…  (model: the key's per-model line, or '')
  * read: → {HGETALL of each}. Amounts in nano-USD. */
@@ -35,8 +36,8 @@ static const char script[] =
     "  end\n"
     "  if out[1] == 0 then\n"
     "    for i = 1, #KEYS do\n"
-    "      redis.call('HINCRBY', KEYS[i], 'reserved', est)\n"
-    "      redis.call('HSET', KEYS[i], lease, est)\n"
+    "      redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2])\n"
+    "      redis.call('HSET', KEYS[i], lease, ARGV[2])\n"
     "      redis.call('EXPIREAT', KEYS[i], ARGV[3 + 2 * i])\n"
     "    end\n"
     "  end\n"
@@ -47,12 +48,14 @@ static const char script[] =
     "  local held = redis.call('HGET', KEYS[i], lease)\n"
     "  if held then\n"
     "    redis.call('HDEL', KEYS[i], lease)\n"
-    "    if redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(held)) < 0 then\n"
-    "      redis.call('HSET', KEYS[i], 'reserved', 0)\n"
+    "    if held ~= '0' and redis.call('HINCRBY', KEYS[i], 'reserved', '-' .. held) < 0 then\n"
+    "      redis.call('HSET', KEYS[i], 'reserved', '0')\n"
     "    end\n"
     "    if cost > 0 then\n"
-    "      redis.call('HINCRBY', KEYS[i], 'spent', cost)\n"
-    "      if i == 1 and model ~= '' then redis.call('HINCRBY', KEYS[i], 'm:' .. model, cost) end\n"
+    "      redis.call('HINCRBY', KEYS[i], 'spent', ARGV[4])\n"
+    "      if i == 1 and model ~= '' then\n"
+    "        redis.call('HINCRBY', KEYS[i], 'm:' .. model, ARGV[4])\n"
+    "      end\n"
     "    end\n"
     "    redis.call('EXPIREAT', KEYS[i], ARGV[5 + i])\n"
     "  end\n"

@@ -8,6 +8,7 @@ import calendar
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -510,6 +511,16 @@ class RedisBudgetTest(OvershootTest):
                                        places=6)
             keys = redis.command("KEYS", "llmux:budget:*")
             self.assertEqual(len(keys), 1, keys)
+            # an unpriced model reserves 0 and settles 0 without a script error
+            def errors():   # "ERR" answers (a script's HINCRBY of a non-integer would be one)
+                m = re.search(r"errorstat_ERR:count=(\d+)", redis.command("INFO", "errorstats"))
+                return int(m.group(1)) if m else 0
+            before = errors()
+            self.assertEqual(ds[0].chat("x", model="dead", headers=auth("sk-a"))[0], 502)
+            fields = lambda: redis.command("HGETALL", keys[0])
+            self.assertTrue(wait_until(lambda: not any(f.startswith("r:") for f in fields())))
+            time.sleep(0.2)
+            self.assertEqual(errors(), before)
             ttl = redis.command("TTL", keys[0])
             self.assertGreater(ttl, next_midnight())        # kept past the window's end
             self.assertLess(ttl, next_midnight() + 7200)
