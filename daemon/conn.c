@@ -486,6 +486,7 @@ static void conn_process(struct conn *c)
             return;
         }
         c->fresh = false;
+        parsed_in = c->in.data;         /* head's slices point here: a reserve may move it */
         c->head_len = (size_t)n;
         c->body_len = head.content_length > 0 ? (uint64_t)head.content_length : 0;
         c->chunked_body = head.chunked;
@@ -499,7 +500,6 @@ static void conn_process(struct conn *c)
             conn_error(c, 413, "request body too large");
             return;
         }
-        parsed_in = c->in.data;
     }
     if (c->state != CONN_BODY)
         return;

@@ -151,6 +151,8 @@ class SharedLimitsTest(RedisCase):
     def test_slot_of_killed_instance_comes_back(self):
         extra = Daemon(self.mock, extra=state_conf(self.url), workers=1)
         try:
+            # its link up first: before it, on_error: open serves the held calls without leases
+            self.assertTrue(wait_until(lambda: self.linked(extra)), extra.logs()[-2000:])
             threading.Thread(target=lambda: extra.chat("held @mock:delay=10000",
                                                        headers=auth("key-duo-1")),
                              daemon=True).start()
