@@ -99,5 +99,6 @@ int cmd_models(struct cli *c, int argc, char **argv);
 int cmd_health(struct cli *c, int argc, char **argv);
 int cmd_metrics(struct cli *c, int argc, char **argv);
 int cmd_jobs(struct cli *c, int argc, char **argv);
+int cmd_spend(struct cli *c, int argc, char **argv);
 
 #endif

@@ -1,18 +1,20 @@
-/* cmd_misc: the small read-only commands — models, health, metrics — each one GET whose answer
- * is printed plainly (or raw with --json). */
+/* cmd_misc: the small read-only commands — models, health, metrics, spend — each one GET whose
+ * answer is printed plainly (or raw with --json). */
 #include <string.h>
 
 #include "client/cli.h"
 #include "client/http.h"
 
-enum { MISC_OPT_JSON = 0x200, MISC_OPT_READY };
+enum { MISC_OPT_JSON = 0x200, MISC_OPT_READY, MISC_OPT_NAME };
 
 #define MISC_ALLOW_JSON 1u
 #define MISC_ALLOW_READY 2u
+#define MISC_ALLOW_NAME 4u
 
 struct misc_flags {
     bool json;
     bool ready;
+    const char *name;           /* spend --name */
 };
 
 static const char models_usage[] =
@@ -27,6 +29,14 @@ static const char health_usage[] =
     "           and a healthy upstream for every model\n"
     "  --json   print the gateway's answer as it came\n";
 
+static const char spend_usage[] =
+    "Usage: llmux spend [--name NAME] [--json]\n"
+    "Print spend, budget and remaining per key, and each key's spend per model, for the\n"
+    "current budget window (GET /v1/spend). A key sees its own; an admin key sees every key\n"
+    "and the model budgets.\n"
+    "  --name NAME  only the key named NAME (its config name, not the secret)\n"
+    "  --json       print the gateway's answer as it came\n";
+
 static const char metrics_usage[] =
     "Usage: llmux metrics\n"
     "Print the gateway's metrics in Prometheus text format, as served by GET /metrics.\n";
@@ -38,6 +48,7 @@ static int misc_parse(struct cli *c, int argc, char **argv, const char *usage, u
         CLI_COMMON_LONGOPTS,
         {"json", no_argument, NULL, MISC_OPT_JSON},
         {"ready", no_argument, NULL, MISC_OPT_READY},
+        {"name", required_argument, NULL, MISC_OPT_NAME},
         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -50,7 +61,11 @@ static int misc_parse(struct cli *c, int argc, char **argv, const char *usage, u
             f->ready = true;
             continue;
         }
-        if (opt == MISC_OPT_JSON || opt == MISC_OPT_READY)
+        if (opt == MISC_OPT_NAME && (allow & MISC_ALLOW_NAME)) {
+            f->name = optarg;
+            continue;
+        }
+        if (opt == MISC_OPT_JSON || opt == MISC_OPT_READY || opt == MISC_OPT_NAME)
             return cli_usage_error(c, "'%s' does not apply to '%s'", argv[optind - 1], c->cmd);
         switch (cli_common_opt(c, opt, optarg, argv)) {
         case CLI_OPT_DONE:
@@ -144,6 +159,91 @@ int cmd_health(struct cli *c, int argc, char **argv)
         json_decref(root);
         code = root ? CLI_EXIT_OK : CLI_EXIT_API;
     }
+    http_resp_free(&rs);
+    return code;
+}
+
+/* A USD amount as the gateway gave it ("-" for null: no budget). */
+static void put_usd(const json_t *v)
+{
+    if (json_is_number(v))
+        printf("  %14.9g", json_number_value(v));
+    else
+        printf("  %14s", "-");
+}
+
+static void put_name(const char *prefix, const char *name)
+{
+    size_t n = strlen(prefix) + strlen(name);
+    fputs(prefix, stdout);
+    cli_put_clean(stdout, name, strlen(name));
+    printf("%*s", n < 24 ? (int)(24 - n) : 0, "");
+}
+
+/* One budget line: spent, reserved, budget, remaining, window and reset. */
+static void put_row(const char *prefix, const char *name, const json_t *o)
+{
+    const json_t *b = json_object_get(o, "budget");
+    put_name(prefix, name);
+    put_usd(json_object_get(o, "spent_usd"));
+    put_usd(json_object_get(o, "reserved_usd"));
+    put_usd(json_object_get(b, "usd"));
+    put_usd(json_object_get(o, "remaining_usd"));
+    const char *w = json_string_value(json_object_get(b, "window"));
+    const char *at = json_string_value(json_object_get(b, "resets_at"));
+    printf("  %-14s  %s\n", w ? w : "-", at ? at : "-");
+}
+
+static int print_spend(const struct http_resp *rs, const char *only)
+{
+    json_t *root = load_body(rs), *keys = json_object_get(root, "keys");
+    json_t *models = json_object_get(root, "models"), *k, *m;
+    size_t i, j, shown = 0;
+    if (!root)
+        return CLI_EXIT_API;
+    if (!json_is_array(keys) || !json_is_array(models)) {
+        cli_err("the gateway's answer has no spend table");
+        json_decref(root);
+        return CLI_EXIT_API;
+    }
+    printf("%-24s  %14s  %14s  %14s  %14s  %-14s  %s\n", "KEY / MODEL", "SPENT_USD",
+           "RESERVED_USD", "BUDGET_USD", "REMAINING_USD", "WINDOW", "RESETS_AT");
+    json_array_foreach(keys, i, k) {
+        const char *name = json_string_value(json_object_get(k, "key"));
+        if (!name || (only && strcmp(only, name)))
+            continue;
+        shown++;
+        put_row("", name, k);
+        json_array_foreach(json_object_get(k, "models"), j, m) {
+            const char *model = json_string_value(json_object_get(m, "model"));
+            put_name("  ", model ? model : "?");
+            put_usd(json_object_get(m, "spent_usd"));
+            putchar('\n');
+        }
+    }
+    json_array_foreach(models, i, m) {
+        const char *name = json_string_value(json_object_get(m, "model"));
+        if (name && !only)
+            put_row("model ", name, m);
+    }
+    json_decref(root);
+    if (only && !shown) {
+        cli_err("no key named '%s' is visible to this key", only);
+        return CLI_EXIT_API;
+    }
+    return CLI_EXIT_OK;
+}
+
+int cmd_spend(struct cli *c, int argc, char **argv)
+{
+    struct misc_flags f = {0};
+    struct http_resp rs;
+    int code = misc_parse(c, argc, argv, spend_usage, MISC_ALLOW_JSON | MISC_ALLOW_NAME, &f);
+    if (code)
+        return code == CLI_HANDLED ? CLI_EXIT_OK : code;
+    code = get(c, "/v1/spend", &rs);
+    if (code == CLI_EXIT_OK)
+        code = f.json ? print_raw(&rs) : print_spend(&rs, f.name);
     http_resp_free(&rs);
     return code;
 }

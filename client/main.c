@@ -17,6 +17,7 @@ static const struct command commands[] = {
     {"gather", cmd_gather, "run one prompt per input line at once, results as JSON lines"},
     {"jobs", cmd_jobs, "background jobs: submit, get, wait, cancel, list"},
     {"models", cmd_models, "list the models the gateway serves"},
+    {"spend", cmd_spend, "spend, budget and remaining per key and model"},
     {"health", cmd_health, "check that the gateway is up (--ready: ready to serve)"},
     {"metrics", cmd_metrics, "print the gateway's Prometheus metrics"},
 };

@@ -53,6 +53,15 @@ struct conf_price {
     uint64_t per;                   /* 1000000 (default, "1M") or 1000 ("1K") */
 };
 
+/* `budget:` of a key or a model entry: spend in USD per fixed UTC window. */
+enum conf_budget_window { BUDGET_1D, BUDGET_7D, BUDGET_30D, BUDGET_CALENDAR_MONTH };
+#define CONF_BUDGET_USD_MAX 1e6         /* kept in nano-dollars: exact in a Lua number too */
+
+struct conf_budget {
+    double usd;                     /* 0 = no budget */
+    enum conf_budget_window window; /* default 30d */
+};
+
 struct conf_target {
     const struct conf_upstream *upstream;   /* points into conf->upstreams */
     char *model;                            /* NULL: the client's model name is relayed as is */
@@ -76,6 +85,7 @@ struct conf_model {
     size_t ntargets;
     unsigned default_max_tokens;    /* default 4096: max_tokens sent to providers that require
                                      * one (Anthropic) when the client gave none */
+    struct conf_budget budget;      /* this model's spend across all keys; usd 0 = none */
 };
 
 struct conf_key {
@@ -88,6 +98,8 @@ struct conf_key {
     unsigned rpm;                   /* 0 = unlimited */
     unsigned tpm;                   /* tokens per minute, 0 = unlimited */
     unsigned max_concurrency;       /* 0 = unlimited */
+    struct conf_budget budget;      /* usd 0 = none */
+    bool admin;                     /* may read every key's spend (GET /v1/spend) */
 };
 
 struct conf_limits {

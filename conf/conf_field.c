@@ -217,6 +217,18 @@ int conf_field_strategy(struct conf_ctx *x, const struct ynode *v, const char *p
     return i < 0 ? -1 : 0;
 }
 
+int conf_field_budget_window(struct conf_ctx *x, const struct ynode *v, const char *path,
+                             const struct field *f, void *base)
+{
+    static const char *const names[] = {"1d", "7d", "30d", "calendar_month"};
+    static const enum conf_budget_window vals[] = {BUDGET_1D, BUDGET_7D, BUDGET_30D,
+                                                   BUDGET_CALENDAR_MONTH};
+    int i = pick(x, v, path, names, 4, "1d, 7d, 30d or calendar_month");
+    if (i >= 0)
+        *(enum conf_budget_window *)FIELD_AT(base, f->off) = vals[i];
+    return i < 0 ? -1 : 0;
+}
+
 int conf_field_backend(struct conf_ctx *x, const struct ynode *v, const char *path,
                        const struct field *f, void *base)
 {

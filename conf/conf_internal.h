@@ -105,6 +105,11 @@ int conf_field_tracing(struct conf_ctx *x, const struct ynode *v, const char *pa
 /* conf_price.c: a plain decimal number from 0 to max into *out ("expected WANT" otherwise). */
 int conf_field_decimal(struct conf_ctx *x, const struct ynode *v, const char *path,
                        double max, const char *want, double *out);
+/* conf_budget.c: `budget: {usd, window}` of a key or a model entry (f->off: its conf_budget). */
+int conf_field_budget(struct conf_ctx *x, const struct ynode *v, const char *path,
+                      const struct field *f, void *base);
+int conf_field_budget_window(struct conf_ctx *x, const struct ynode *v, const char *path,
+                             const struct field *f, void *base);
 /* conf_price.c: `prices:` — rows, overlap check, and each target's price resolved. */
 int conf_field_prices(struct conf_ctx *x, const struct ynode *v, const char *path,
                       const struct field *f, void *base);

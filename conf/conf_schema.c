@@ -389,6 +389,7 @@ static const struct field model_fields[] = {
     {"backoff", field_section, 0, 0, 0, false, FIELDS(backoff_fields)},
     {"hedge", field_section, 0, 0, 0, false, FIELDS(hedge_fields)},
     {"targets", field_targets, 0, 0, 0, true, NULL, 0},
+    {"budget", conf_field_budget, M(budget), 0, 0, false, NULL, 0},
 };
 
 static void model_init(void *item)
@@ -464,6 +465,8 @@ static const struct field key_fields[] = {
     {"rpm", conf_field_count, K(rpm), 0, UINT_MAX, false, NULL, 0},
     {"tpm", conf_field_count, K(tpm), 0, UINT_MAX, false, NULL, 0},
     {"max_concurrency", conf_field_count, K(max_concurrency), 0, UINT_MAX, false, NULL, 0},
+    {"budget", conf_field_budget, K(budget), 0, 0, false, NULL, 0},
+    {"admin", conf_field_bool, K(admin), 0, 0, false, NULL, 0},
 };
 
 /* Each key has exactly one of key / key_sha256, and no two keys share a digest. */

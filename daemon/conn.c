@@ -16,6 +16,7 @@
 #include "common/buf.h"
 #include "common/http_status.h"
 #include "common/log.h"
+#include "daemon/budget.h"
 #include "daemon/cost.h"
 #include "daemon/http_parser.h"
 #include "daemon/keylimit.h"
@@ -292,6 +293,7 @@ static int put_head(struct conn *c, struct buf *h, int status, const struct requ
         if (r->location[0])
             rc |= put_field(h, "Location", r->location);
         keylimit_headers(r, h);
+        budget_headers(r, h);
         if (r->priced && !r->streaming) {     /* a stream's comes last, in an SSE comment */
             char cost[32];
             cost_format(cost, sizeof cost, r->cost_usd);
@@ -484,6 +486,7 @@ static void conn_process(struct conn *c)
             return;
         }
         c->fresh = false;
+        parsed_in = c->in.data;         /* head's slices point here: a reserve may move it */
         c->head_len = (size_t)n;
         c->body_len = head.content_length > 0 ? (uint64_t)head.content_length : 0;
         c->chunked_body = head.chunked;
@@ -497,7 +500,6 @@ static void conn_process(struct conn *c)
             conn_error(c, 413, "request body too large");
             return;
         }
-        parsed_in = c->in.data;
     }
     if (c->state != CONN_BODY)
         return;

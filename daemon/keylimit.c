@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/budget.h"
 #include "daemon/metrics_labels.h"
-#include "daemon/proxy.h"
 #include "daemon/state.h"
 #include "daemon/worker.h"
 
@@ -113,7 +113,7 @@ static bool may_wait(const struct request *r, double s)
 static void go(struct keylimit *kl)
 {
     kl->decided = true;
-    proxy_start(kl->r, kl->m);
+    budget_admit(kl->r, kl->m);
 }
 
 static void decide(struct keylimit *kl)
@@ -167,12 +167,12 @@ static void on_taken(struct state_hold *h)
 void keylimit_admit(struct request *r, const struct conf_model *m)
 {
     if (!limited(r->key) || !r->w->state) {
-        proxy_start(r, m);
+        budget_admit(r, m);
         return;
     }
     struct keylimit *kl = calloc(1, sizeof *kl);
     if (!kl) {
-        proxy_start(r, m);              /* out of memory: fail open rather than refuse all */
+        budget_admit(r, m);             /* out of memory: fail open rather than refuse all */
         return;
     }
     kl->r = r;

@@ -12,7 +12,7 @@ static const int status_codes[METRICS_STATUS_SLOTS] = {
 
 static const char *const route_names[ROUTE_COUNT] = {
     "chat", "completions", "embeddings", "models", "gather", "jobs",
-    "messages", "messages_count_tokens", "responses",
+    "messages", "messages_count_tokens", "responses", "spend",
     "healthz", "readyz", "metrics", "other",
 };
 static const char *const outcome_names[OUTCOME_COUNT] = {

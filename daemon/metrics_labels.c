@@ -39,7 +39,8 @@ static const size_t dim_size[DIM_COUNT] = {
     sizeof(struct km_counters),
 };
 static const char *const dim_name[DIM_COUNT] = {"targets", "models", "keys", "key/model pairs"};
-static const char *const limit_names[KEY_LIMIT_COUNT] = {"rpm", "tpm", "concurrency"};
+static const char *const limit_names[KEY_LIMIT_COUNT] = {"rpm", "tpm", "concurrency",
+                                                         "budget"};
 static const char *const event_names[PAIR_EVENT_COUNT] = {
     "upstream_attempts_total", "upstream_retries_total", "upstream_fallbacks_total",
     "upstream_failures_total",
@@ -432,8 +433,7 @@ static void sum_id(const struct metrics_registry *reg, enum dim d, uint32_t id, 
     }
 }
 
-/* name="value" with the exposition format's escapes (names may hold '"' or '\'). */
-static void label(struct buf *out, const char *name, const char *value)
+void metrics_label(struct buf *out, const char *name, const char *value)
 {
     buf_printf(out, "%s=\"", name);
     for (const char *s = value; *s; s++) {
@@ -451,9 +451,9 @@ static void pair_labels(struct buf *l, const struct conf *c, const struct label_
                         size_t p)
 {
     buf_reset(l);
-    label(l, "upstream", x->pair_upstream[p]);
+    metrics_label(l, "upstream", x->pair_upstream[p]);
     buf_append(l, ",", 1);
-    label(l, "model", c->models[x->pair_model[p]].name);
+    metrics_label(l, "model", c->models[x->pair_model[p]].name);
 }
 
 static void render_pairs(struct buf *out, const struct conf *c, const struct label_index *x,
@@ -494,7 +494,7 @@ static void render_models(struct buf *out, const struct conf *c, const struct la
                            outcome_name((enum outcome)o), (unsigned long)psum[p].outcomes[o]);
         }
         buf_reset(&l);
-        label(&l, "model", c->models[m].name);
+        metrics_label(&l, "model", c->models[m].name);
         for (int o = 0; o < OUTCOME_COUNT; o++)
             if (msum[m].no_upstream[o])
                 buf_printf(out, "llmux_model_requests_total{upstream=\"\",%s,outcome=\"%s\"} "
@@ -505,7 +505,7 @@ static void render_models(struct buf *out, const struct conf *c, const struct la
                    "Latency of requests for a configured model, request to last byte.");
     for (size_t m = 0; m < c->nmodels; m++) {
         buf_reset(&l);
-        label(&l, "model", c->models[m].name);
+        metrics_label(&l, "model", c->models[m].name);
         metrics_histogram_series(out, "model_request_duration_seconds", l.data,
                                  &msum[m].latency);
     }
@@ -552,9 +552,9 @@ static void render_usage(struct buf *out, const struct conf *c, const struct lab
                 if (!t.prompt && !t.completion && !t.estimated)
                     continue;
                 buf_reset(&l);
-                label(&l, "key", k < c->nkeys ? c->keys[k].name : "");
+                metrics_label(&l, "key", k < c->nkeys ? c->keys[k].name : "");
                 buf_append(&l, ",", 1);
-                label(&l, "model", c->models[m].name);
+                metrics_label(&l, "model", c->models[m].name);
                 render_km_pair(out, l.data, &t, (enum km_family)f);
             }
         }
@@ -573,7 +573,7 @@ static void render_keys(struct buf *out, const struct conf *c, const struct labe
         struct key_counters kc;
         sum_id(x->reg, DIM_KEY, x->key_id[k], &kc);
         buf_reset(&l);
-        label(&l, "key", c->keys[k].name);
+        metrics_label(&l, "key", c->keys[k].name);
         for (int i = 0; i < KEY_LIMIT_COUNT; i++)
             if (kc.limited[i])
                 buf_printf(out, "llmux_key_limited_total{%s,limit=\"%s\"} %lu\n", l.data,

@@ -13,7 +13,8 @@
 #include "daemon/metrics.h"
 #include "upstream/usage.h"
 
-enum key_limit { KEY_LIMIT_RPM, KEY_LIMIT_TPM, KEY_LIMIT_CONCURRENCY, KEY_LIMIT_COUNT };
+enum key_limit { KEY_LIMIT_RPM, KEY_LIMIT_TPM, KEY_LIMIT_CONCURRENCY, KEY_LIMIT_BUDGET,
+                 KEY_LIMIT_COUNT };
 enum pair_event { PAIR_ATTEMPT, PAIR_RETRY, PAIR_FALLBACK, PAIR_FAILURE, PAIR_EVENT_COUNT };
 
 /* Counter storage for the process, indexed by name: a name that stays in the config across
@@ -44,6 +45,8 @@ void metrics_labels_request(const struct conf *c, unsigned worker, const struct 
 void metrics_labels_usage(const struct conf *c, unsigned worker, const struct conf_key *key,
                           const struct conf_model *m, const struct usage *u, double usd,
                           bool estimated);
+/* name="value" with the exposition format's escapes (names may hold '"' or '\'). */
+void metrics_label(struct buf *out, const char *name, const char *value);
 void metrics_labels_key_limited(const struct conf *c, unsigned worker,
                                 const struct conf_key *key, enum key_limit l);
 

@@ -433,10 +433,22 @@ fail:
     return NULL;
 }
 
+/* Commands sent in the loop's last turn (a request's settle at shutdown) may still sit in
+ * hiredis's buffer: hand them to the kernel before the link goes. The socket is non-blocking,
+ * so this never waits; what it does not take at once is lost, as on a crash. */
+static void flush_out(struct redis *rd)
+{
+    int done = 0;
+    for (int i = 0; rd->ac && rd->state == LINK_READY && !done && i < 8; i++)
+        if (redisBufferWrite(&rd->ac->c, &done) != REDIS_OK)
+            return;
+}
+
 void redis_free(struct redis *rd)
 {
     if (!rd)
         return;
+    flush_out(rd);
     rd->closing = true;
     ev_timer_stop(rd->loop, &rd->timer);
     resolve_cancel(rd);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "daemon/budget.h"
 #include "daemon/cost.h"
 #include "daemon/gather.h"
 #include "daemon/jobs.h"
@@ -133,6 +134,7 @@ void request_end(struct request *r, enum outcome o)
         proxy_cancel(r->proxy, abort_reason_of(o));
         r->proxy = NULL;
     }
+    budget_end(r);                      /* after the cancel: its charge is in the cost */
     if (r->gather)
         gather_cancel(r->gather, o);
     if (r->jobs_pending)

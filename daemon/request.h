@@ -87,6 +87,7 @@ struct request {
     const struct conf_model *qmodel;
     bool queued;
     struct keylimit *keylimit;          /* its key's admission and what it holds (keylimit.c) */
+    struct budget *budget;              /* its spend reservation, or a /v1/spend read */
     bool wait_for_key;                  /* waits for its key's slot within its deadline instead
                                          * of a 429 (gather items, jobs) */
     struct trace *trace;                /* its trace context and span; NULL: tracing off */

@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "daemon/breaker.h"
+#include "daemon/budget.h"
 #include "common/json_scan.h"
 #include "common/json_valid.h"
 #include "daemon/gather.h"
@@ -40,6 +41,7 @@ static const struct route routes[] = {
     {"/v1/responses", HTTP_POST, "POST", ROUTE_RESPONSES, true},
     {"/v1/jobs", HTTP_POST, "GET, POST", ROUTE_JOBS, true},
     {"/v1/jobs", HTTP_GET, "GET, POST", ROUTE_JOBS, true},
+    {"/v1/spend", HTTP_GET, "GET", ROUTE_SPEND, true},
     {"/healthz", HTTP_GET, "GET", ROUTE_HEALTHZ, false},
     {"/readyz", HTTP_GET, "GET", ROUTE_READYZ, false},
     {"/metrics", HTTP_GET, "GET", ROUTE_METRICS, false},
@@ -366,6 +368,7 @@ static void handle_metrics(struct request *r)
     if (s->jobs)
         jobs_store_metrics(s->jobs, &out);
     breaker_metrics(&out, r->conf);
+    budget_metrics(&out, r->conf, s->state);
     trace_export_render(&out);
     r->content_type = "text/plain; version=0.0.4; charset=utf-8";
     request_respond(r, 200, out.data, out.len);
@@ -396,6 +399,7 @@ static void handle(struct request *r, const struct route *rt, const char *body, 
         handle_readyz(r);
         return;
     case ROUTE_METRICS: handle_metrics(r); return;
+    case ROUTE_SPEND: budget_spend(r); return;
     case ROUTE_GATHER:
         if (admit_memory(r, len) == 0 && check_body(r, body, len) == 0)
             gather_start(r, body, len);

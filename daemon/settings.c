@@ -74,6 +74,18 @@ static bool loopback_only(const struct conf *c)
     return true;
 }
 
+/* Whether some key or model has a budget. */
+static bool has_budget(const struct conf *c)
+{
+    for (size_t i = 0; i < c->nkeys; i++)
+        if (c->keys[i].budget.usd > 0)
+            return true;
+    for (size_t i = 0; i < c->nmodels; i++)
+        if (c->models[i].budget.usd > 0)
+            return true;
+    return false;
+}
+
 unsigned settings_check_report(const struct conf *c, FILE *f)
 {
     unsigned n = 0;
@@ -90,6 +102,11 @@ unsigned settings_check_report(const struct conf *c, FILE *f)
     }
     if (c->nmodels == 0) {
         fprintf(f, "llmuxd: warning: no models are configured: every request will be 404\n");
+        n++;
+    }
+    if (c->nprices == 0 && has_budget(c)) {
+        fprintf(f, "llmuxd: warning: budgets are configured but prices: is empty: every "
+                   "answer costs 0, so no budget is ever spent\n");
         n++;
     }
     return n;

@@ -167,6 +167,10 @@ struct state *state_new(const struct conf *c, char *err, size_t errlen)
     for (int i = 0; i < 16; i++)
         st->instance[i] = "0123456789abcdef"[rand_r(&seed) % 16];
     state_redis_init(st);
+    state_budget_redis_init(st);
+    pthread_mutex_init(&st->accts_mu, NULL);
+    if (!st->redis && c->jobs.dir)
+        state_saver_start(st, c->jobs.dir);
     return st;
 }
 
@@ -174,6 +178,9 @@ void state_free(struct state *st)
 {
     if (!st)
         return;
+    state_saver_stop(st);
+    state_accts_free(st);
+    pthread_mutex_destroy(&st->accts_mu);
     for (size_t i = 0; i < STATE_BUCKETS; i++)
         for (struct state_slot *s = st->buckets[i], *next; s; s = next) {
             next = s->next;

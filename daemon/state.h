@@ -7,6 +7,7 @@
 #define LLMUX_STATE_H
 
 #include <ev.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -28,6 +29,7 @@ enum state_verdict {
     STATE_TOKENS_LIMITED,   /* tpm spent */
     STATE_BUSY,             /* max_concurrency requests already run */
     STATE_FAILED,           /* the backend could not answer (on_error decides) */
+    STATE_BUDGET_EXCEEDED,  /* a spend budget has no room for the estimate */
 };
 
 /* Process-wide entry for one key name, created on first use and never freed before exit,
@@ -113,5 +115,74 @@ struct gcra gcra_check(int64_t tat, int64_t now, double T, int64_t W);
 struct gcra gcra_charge(int64_t tat, int64_t now, double T, int64_t W, double cost);
 
 #define STATE_WINDOW_US 60000000LL      /* rpm and tpm are per minute */
+
+/* ---- budgets (state_budget*.c) ----
+ * Spend in nano-dollars (integers: exact sums across workers and in Redis's Lua) per fixed UTC
+ * window. Admission reserves an estimate in every budget that applies (the key's, the model's)
+ * at once or in none; the answer settles: the reservation goes, the real cost is added to the
+ * window the request was admitted in. Keys and models without a budget never get here. */
+#define STATE_BUDGET_MAX 2              /* a key's budget and its model's */
+#define STATE_NUSD 1e9                  /* nano-dollars per dollar */
+
+enum state_budget_kind { BUDGET_OF_KEY, BUDGET_OF_MODEL };
+
+struct state_acct;
+
+/* One budget that applies: whose, its terms, and its figures when last read. */
+struct state_budget_ref {
+    enum state_budget_kind kind;
+    const char *name;                   /* the key's or model's name (held by the caller) */
+    const struct conf_budget *b;
+    struct state_acct *acct;            /* memory: the counters; redis: last figures seen */
+    int64_t window, reset_at;           /* window number and its end (Unix seconds) */
+    int64_t spent, reserved;            /* nano-USD, before this request's reservation */
+};
+
+struct state_budget_hold {
+    struct state_link *link;
+    struct state_budget_ref ref[STATE_BUDGET_MAX];
+    unsigned n;
+    int64_t estimate;                   /* nano-USD reserved in each budget */
+    const char *model;                  /* the key's per-model breakdown line */
+    bool reserved;                      /* holds a reservation: settle it */
+    bool pending;                       /* a reserve is on its way to Redis */
+    enum state_verdict verdict;         /* TAKEN, BUDGET_EXCEEDED or FAILED */
+    int refused;                        /* ref index that refused; -1 */
+    const char *why;                    /* STATE_FAILED: a static reason, for the log */
+    char lease[32];                     /* redis: names the reservation, so settle is exact */
+    struct redis_cmd *cmd;
+    bool eval_retry;
+    void (*done)(struct state_budget_hold *h);
+};
+
+/* The window of kind w that holds Unix time t: its number, and its end in *end. Fixed
+ * windows from the epoch (1d, 7d, 30d) or UTC calendar months. Pure. */
+int64_t state_budget_window(enum conf_budget_window w, int64_t t, int64_t *end);
+int64_t state_unix_now(void);
+/* Reserves h->estimate in each of h->ref[0..n) (filled by the caller: kind, name, b), all or
+ * none. Like state_take: true when h holds the answer now, else h->done(h) runs later. */
+bool state_budget_reserve(struct state_link *l, struct state_budget_hold *h);
+/* Gives back the reservation (or the one still on its way) and adds cost (nano-USD) to each
+ * budget's window of admission; once per hold (redis: fire and forget). */
+void state_budget_settle(struct state_budget_hold *h, int64_t cost);
+/* Fills ref's window and figures now (redis: as this process last saw them). */
+void state_budget_peek(struct state *st, struct state_budget_ref *ref);
+
+/* GET /v1/spend: current figures of several budgets, with each key's spend per model. */
+struct state_spend_row {
+    struct state_budget_ref ref;
+    json_t *models;                     /* {"model": nano-USD, …}, owned; keys only */
+};
+struct state_spend_read {
+    struct state_link *link;
+    struct state_spend_row *rows;       /* the caller's; kind, name, b filled */
+    size_t n;
+    bool failed;
+    struct redis_cmd *cmd;
+    bool eval_retry;
+    void (*done)(struct state_spend_read *rd);
+};
+bool state_spend_read(struct state_link *l, struct state_spend_read *rd);
+void state_spend_cancel(struct state_spend_read *rd);
 
 #endif

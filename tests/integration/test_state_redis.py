@@ -151,13 +151,17 @@ class SharedLimitsTest(RedisCase):
     def test_slot_of_killed_instance_comes_back(self):
         extra = Daemon(self.mock, extra=state_conf(self.url), workers=1)
         try:
-            threading.Thread(target=lambda: extra.chat("held @mock:delay=3000",
+            # its link up first: before it, on_error: open serves the held calls without leases
+            self.assertTrue(wait_until(lambda: self.linked(extra)), extra.logs()[-2000:])
+            threading.Thread(target=lambda: extra.chat("held @mock:delay=10000",
                                                        headers=auth("key-duo-1")),
                              daemon=True).start()
-            threading.Thread(target=lambda: extra.chat("held2 @mock:delay=3000",
+            threading.Thread(target=lambda: extra.chat("held2 @mock:delay=10000",
                                                        headers=auth("key-duo-1")),
                              daemon=True).start()
-            self.mock.wait_stats(lambda s: s["inflight"] == 2)
+            # both held before the probe (generous: a loaded box starts them slowly)
+            self.assertEqual(self.mock.wait_stats(lambda s: s["inflight"] == 2, 15)["inflight"],
+                             2)
             self.assertEqual(self.ds[0].chat("x", headers=auth("key-duo-1"))[0], 429)
             extra.proc.send_signal(signal.SIGKILL)
             extra.proc.wait()

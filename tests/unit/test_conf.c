@@ -97,6 +97,8 @@ static const char spec_example[] =
     "    models: [fast]             # absent = all\n"
     "    rpm: 600\n"
     "    max_concurrency: 50\n"
+    "    budget: {usd: 50, window: 30d}   # 1d | 7d | 30d | calendar_month\n"
+    "    admin: false               # true: may read every key's spend\n"
     "\n"
     "gather:\n"
     "  max_items: 1000\n"
@@ -190,6 +192,9 @@ static void test_spec_example_lands(void **state)
     assert_string_equal(c->keys[0].models[0], "fast");
     assert_int_equal(c->keys[0].rpm, 600);
     assert_int_equal(c->keys[0].max_concurrency, 50);
+    assert_true(c->keys[0].budget.usd == 50);
+    assert_int_equal(c->keys[0].budget.window, BUDGET_30D);
+    assert_false(c->keys[0].admin);
     assert_int_equal(c->gather.max_items, 1000);
     assert_int_equal(c->gather.max_concurrency, 64);
     assert_string_equal(c->jobs.dir, "/var/lib/llmux/jobs");
@@ -906,6 +911,43 @@ static void test_refcount(void **state)
     conf_unref(NULL);
 }
 
+static void test_budgets(void **state)
+{
+    struct conf *c = check_load(
+        "upstreams: [{name: u, base_url: \"http://h\"}]\n"
+        "models:\n"
+        "  - {name: a, targets: [{upstream: u}], budget: {usd: 0.25, window: calendar_month}}\n"
+        "  - {name: b, targets: [{upstream: u}]}\n"
+        "keys:\n"
+        "  - {name: one, key: key-one, budget: {usd: 12.5}, admin: true}\n"
+        "  - {name: two, key: key-two, budget: {usd: 1, window: 7d}}\n"
+        "  - {name: three, key: key-three}\n");
+    assert_true(c->models[0].budget.usd == 0.25);
+    assert_int_equal(c->models[0].budget.window, BUDGET_CALENDAR_MONTH);
+    assert_true(c->models[1].budget.usd == 0);
+    assert_true(c->keys[0].budget.usd == 12.5);
+    assert_int_equal(c->keys[0].budget.window, BUDGET_30D);     /* the default window */
+    assert_true(c->keys[0].admin);
+    assert_int_equal(c->keys[1].budget.window, BUDGET_7D);
+    assert_false(c->keys[1].admin);
+    assert_true(c->keys[2].budget.usd == 0);
+    conf_unref(c);
+    char err[ERRLEN];
+    static const char *const bad[][2] = {
+        {"budget: {usd: 0}", "keys[0].budget.usd: expected an amount in USD above 0"},
+        {"budget: {usd: 1000001}", "at most 1e+06"},
+        {"budget: {usd: 1, window: month}", "expected 1d, 7d, 30d or calendar_month"},
+        {"budget: 5", "keys[0].budget: expected a mapping"},
+        {"budget: {window: 1d}", "keys[0].budget.usd: missing required key"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char yaml[256];
+        snprintf(yaml, sizeof yaml, "keys:\n  - name: a\n    key: k-1\n    %s\n", bad[i][0]);
+        assert_null(load(yaml, err));
+        assert_non_null(strstr(err, bad[i][1]));
+    }
+}
+
 static void test_keys(void **state)
 {
     struct conf *c = check_load(
@@ -1038,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_booleans),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_budgets),
         cmocka_unit_test(test_load_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
