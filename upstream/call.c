@@ -207,6 +207,10 @@ void call_set_options(struct call *c, const struct call_spec *spec)
         curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, c->gate);
     }
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* CA certificates from the file alone (Debian's curl adds the /etc/ssl/certs directory):
+     * libcurl 7.88 then loads them once per multi handle, not per TLS connection (6M
+     * instructions each with one certificate, far more with the system bundle). */
+    curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
     if (spec->ca_file)
         curl_easy_setopt(h, CURLOPT_CAINFO, spec->ca_file);
     if (!spec->tls_verify) {

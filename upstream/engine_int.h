@@ -15,13 +15,16 @@
 #define POOL_KEEP 16        /* handles kept however quiet it gets */
 #define TRIM_SECONDS 2.0
 
-/* libcurl 7.88 scans a host's whole connection bundle to find one to reuse: linear in the
- * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. When
- * max_connections allows more than SHARD_CONNECTIONS, the engine has several multi handles
- * (shards), each with its own connection cache, and fills them in order: at low concurrency
- * everything stays on the first (one batch per loop turn), at high each scan covers a part. */
-#define SHARD_CONNECTIONS 1024
-#define MAX_SHARDS 16
+/* libcurl 7.88 walks a host's connection bundle to find one to reuse (ConnectionExists: every
+ * busy connection before the first idle one) and walks the whole cache again in every
+ * curl_multi_remove_handle (close_connect_only, until it meets the connection just used):
+ * two walks per transfer, linear in the connections of one multi handle, so CPU per request
+ * grew with concurrency. The engine therefore spreads HTTP/1.1 calls over shards (multi handles
+ * with their own connection caches) of at most SHARD_CONNECTIONS each, created when needed and
+ * filled lowest first: at low concurrency everything stays on the first (one batch per loop
+ * turn), at high each walk covers at most one shard. */
+#define SHARD_CONNECTIONS 64
+#define MAX_SHARDS 256
 
 struct shard {
     struct engine *e;
@@ -33,8 +36,12 @@ struct shard {
 struct engine {
     struct ev_loop *loop;
     struct shard shards[MAX_SHARDS];
-    unsigned nshards;
+    unsigned nshards;       /* created so far (the first at start, the others when needed) */
+    unsigned shards_max;    /* as many as max_connections calls for */
+    unsigned shard_room;    /* no shard below this one has room for an HTTP/1.1 call */
     unsigned shard_cap;     /* calls a shard takes before the next one is used */
+    long max_host;          /* per host on the first shard, which also carries every h2 call */
+    long shard_cached;      /* idle connections a shard keeps (0: curl's default) */
     CURLSH *share;          /* TLS sessions and DNS answers, for every shard of this loop */
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     ev_prepare pump;        /* starts queued calls once the loop is back outside curl */
