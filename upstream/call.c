@@ -147,7 +147,7 @@ static long http_version(const struct call_spec *spec)
                ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : (long)CURL_HTTP_VERSION_2_0;
 }
 
-/* A multiplexed call's gate counts its upstream's connections: curl hands the close callback
+/* A multiplexed (or HTTP/1.1 over TLS) call's gate counts its upstream's connections: curl hands the close callback
  * to the connection, so it reaches the gate (which outlives every multi handle) even when the
  * connection outlives the call. */
 static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
@@ -155,6 +155,10 @@ static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
     struct call *c = ud;
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
+    if (!c->multiplex) {
+        gate_h1_conn_opened(c->gate, &c->opener);   /* its handshake counts from here */
+        return CURL_SOCKOPT_OK;
+    }
     /* A connection for a call the gate thought would fit: the server takes fewer streams. */
     bool surprise = !c->opener && c->gate->conns > c->gate->openers;
     gate_conn_opened(c->gate, !surprise);
@@ -200,7 +204,7 @@ void call_set_options(struct call *c, const struct call_spec *spec)
      * its own: a burst shares one handshake. HTTP/1.1 calls never wait for that. */
     if (c->multiplex)
         curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
-    if (c->multiplex && c->gate) {
+    if (c->gate && gate_counts_conns(c->gate)) {
         curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
         curl_easy_setopt(h, CURLOPT_SOCKOPTDATA, c);
         curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);

@@ -359,6 +359,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->multiplex = spec->http == CALL_HTTP_2 ||
                    (spec->http == CALL_HTTP_AUTO && call_url_https(spec->url));
     if (spec->gate_key && !(c->gate = gate_get(&e->gates, spec->gate_key, c->multiplex,
+                                                   call_url_https(spec->url),
                                                    spec->gate_cap)))
         goto fail_owned;
     if (c->gate && !gate_admit(c->gate, &c->opener)) {
