@@ -120,13 +120,12 @@ static int shard_open(struct engine *e, unsigned i)
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
     curl_multi_setopt(sh->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-    if (e->shard_cached > 0)    /* else curl's default: 4 × the transfers added */
-        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, e->shard_cached);
-    /* The first shard's h2 connections may need all of max_connections; the others only ever
-     * hold shard_cap HTTP/1.1 calls, which pick_shard counts. */
-    long max_host = i == 0 ? e->max_host : (long)e->shard_cap;
-    if (max_host > 0)
-        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+    if (e->max_cached > 0)      /* else curl's default: 4 × the transfers added */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, e->max_cached);
+    /* A backstop (the gates cap each upstream's calls); the first shard's h2 connections may
+     * need all of it. */
+    if (e->max_host > 0)
+        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, e->max_host);
     /* The gates count on it (curl's default; the smaller of it and the server's SETTINGS
      * applies). */
     curl_multi_setopt(sh->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)GATE_STREAMS);
@@ -161,12 +160,8 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
         free(e);
         return NULL;
     }
-    long n = (max_host_connections + SHARD_CONNECTIONS - 1) / SHARD_CONNECTIONS;
-    e->shards_max = n < 1 ? 1 : n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
-    long per_host = (max_host_connections + e->shards_max - 1) / e->shards_max;
-    e->shard_cap = per_host > 0 ? (unsigned)per_host : UINT32_MAX;
     e->max_host = max_host_connections;
-    e->shard_cached = max_cached ? (max_cached + e->shards_max - 1) / e->shards_max : 0;
+    e->max_cached = max_cached;
     if (shard_open(e, 0) < 0) {
         engine_free(e);
         return NULL;
@@ -292,21 +287,22 @@ static void call_free(struct call *c)
 }
 
 /* HTTP/2 calls all go to the first shard, where they share its connections; an HTTP/1.1 call
- * to the lowest shard with room, opening the next one when all open ones are full (and, past
- * shards_max, to the least busy: calls to several upstreams may add up beyond the caps). */
+ * to the lowest shard with room, opening the next one when all open ones are full, and once
+ * MAX_SHARDS are full to the least busy. */
 static struct shard *pick_shard(struct engine *e, bool multiplex)
 {
     struct shard *least = &e->shards[0];
     if (multiplex)
         return least;
-    for (unsigned i = e->shard_room; i < e->shards_max; i++) {
+    for (unsigned i = e->shard_room; i < MAX_SHARDS; i++) {
         if (i == e->nshards && shard_open(e, i) < 0)
             break;
-        if (e->shards[i].active < e->shard_cap) {
+        if (e->shards[i].active < SHARD_CONNECTIONS) {
             e->shard_room = i;
             return &e->shards[i];
         }
     }
+    e->shard_room = e->nshards;     /* all full: no scan until one has room again */
     for (unsigned i = 1; i < e->nshards; i++)
         if (e->shards[i].active < least->active)
             least = &e->shards[i];

@@ -20,11 +20,13 @@
  * curl_multi_remove_handle (close_connect_only, until it meets the connection just used):
  * two walks per transfer, linear in the connections of one multi handle, so CPU per request
  * grew with concurrency. The engine therefore spreads HTTP/1.1 calls over shards (multi handles
- * with their own connection caches) of at most SHARD_CONNECTIONS each, created when needed and
- * filled lowest first: at low concurrency everything stays on the first (one batch per loop
- * turn), at high each walk covers at most one shard. */
+ * with their own connection caches), made when needed and filled lowest first up to
+ * SHARD_CONNECTIONS calls each: at low concurrency everything stays on the first (one batch per
+ * loop turn), up to 1,024 calls no walk covers more than 64 connections, and past that the
+ * calls go to the least busy shard. Each multi handle holds a socketpair (curl's wakeup), so
+ * their number stays small. */
 #define SHARD_CONNECTIONS 64
-#define MAX_SHARDS 256
+#define MAX_SHARDS 16
 
 struct shard {
     struct engine *e;
@@ -37,11 +39,9 @@ struct engine {
     struct ev_loop *loop;
     struct shard shards[MAX_SHARDS];
     unsigned nshards;       /* created so far (the first at start, the others when needed) */
-    unsigned shards_max;    /* as many as max_connections calls for */
     unsigned shard_room;    /* no shard below this one has room for an HTTP/1.1 call */
-    unsigned shard_cap;     /* calls a shard takes before the next one is used */
-    long max_host;          /* per host on the first shard, which also carries every h2 call */
-    long shard_cached;      /* idle connections a shard keeps (0: curl's default) */
+    long max_host;          /* curl's per-host cap in each shard (the gates cap the calls) */
+    long max_cached;        /* connections a shard's cache keeps (0: curl's default) */
     CURLSH *share;          /* TLS sessions and DNS answers, for every shard of this loop */
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     ev_prepare pump;        /* starts queued calls once the loop is back outside curl */
