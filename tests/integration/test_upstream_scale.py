@@ -1,11 +1,8 @@
 """HTTP/1.1 upstream calls at a concurrency beyond one connection shard (64) and beyond one
 batch of TLS handshakes (128): every call succeeds on a connection of its own, and the next
 burst reuses those connections instead of opening (and handshaking) new ones."""
-import os
 import shutil
-import subprocess
 import tempfile
-import threading
 import unittest
 
 import harness
@@ -33,11 +30,7 @@ class UpstreamScaleTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="llmux-scale-")
-        cert = os.path.join(cls.dir, "cert.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-keyout", os.path.join(cls.dir, "key.pem"), "-out", cert,
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True)
+        cert = harness.self_signed_cert(cls.dir)[0]
         cls.mock = harness.Mock()
         cls.ng = Nghttpx(cls.dir, cls.mock.port, "scale")
         cls.d = harness.Daemon(None, text=CONFIG % {"mock": cls.mock.port, "tls": cls.ng.tls,
@@ -54,19 +47,7 @@ class UpstreamScaleTest(unittest.TestCase):
 
     def burst(self, model, n, prefix):
         """n concurrent calls of 800 ms tagged prefix-i; returns their statuses."""
-        statuses = [None] * n
-
-        def one(i):
-            body = harness.chat_body("hi @mock:delay=800", model=model)
-            statuses[i] = self.d.request("POST", "/v1/chat/completions", body, timeout=30,
-                                         headers={"X-Request-Id": "%s-%d" % (prefix, i)})[0]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return statuses
+        return harness.burst(self.d, model, n, "delay=800", prefix, timeout=30)
 
     def test_plain_calls_over_several_shards(self):
         self.mock.reset()
