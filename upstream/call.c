@@ -147,9 +147,9 @@ static long http_version(const struct call_spec *spec)
                ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : (long)CURL_HTTP_VERSION_2_0;
 }
 
-/* A multiplexed (or HTTP/1.1 over TLS) call's gate counts its upstream's connections: curl hands the close callback
- * to the connection, so it reaches the gate (which outlives every multi handle) even when the
- * connection outlives the call. */
+/* A multiplexed (or HTTP/1.1 over TLS) call's gate counts its upstream's connections: curl
+ * hands the close callback to the connection, so it reaches the gate (which outlives every
+ * multi handle) even when the connection outlives the call. */
 static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
 {
     struct call *c = ud;
