@@ -147,14 +147,18 @@ static long http_version(const struct call_spec *spec)
                ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : (long)CURL_HTTP_VERSION_2_0;
 }
 
-/* A multiplexed call's gate counts its upstream's connections: curl hands the close callback
- * to the connection, so it reaches the gate (which outlives every multi handle) even when the
- * connection outlives the call. */
+/* A multiplexed (or HTTP/1.1 over TLS) call's gate counts its upstream's connections: curl
+ * hands the close callback to the connection, so it reaches the gate (which outlives every
+ * multi handle) even when the connection outlives the call. */
 static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
 {
     struct call *c = ud;
     if (purpose != CURLSOCKTYPE_IPCXN)
         return CURL_SOCKOPT_OK;
+    if (!c->multiplex) {
+        gate_h1_conn_opened(c->gate, &c->opener);   /* its handshake counts from here */
+        return CURL_SOCKOPT_OK;
+    }
     /* A connection for a call the gate thought would fit: the server takes fewer streams. */
     bool surprise = !c->opener && c->gate->conns > c->gate->openers;
     gate_conn_opened(c->gate, !surprise);
@@ -200,13 +204,17 @@ void call_set_options(struct call *c, const struct call_spec *spec)
      * its own: a burst shares one handshake. HTTP/1.1 calls never wait for that. */
     if (c->multiplex)
         curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
-    if (c->multiplex && c->gate) {
+    if (c->gate && gate_counts_conns(c->gate)) {
         curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
         curl_easy_setopt(h, CURLOPT_SOCKOPTDATA, c);
         curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, on_closesocket);
         curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, c->gate);
     }
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* CA certificates from the file alone (Debian's curl adds the /etc/ssl/certs directory):
+     * libcurl 7.88 then loads them once per multi handle, not per TLS connection (6M
+     * instructions each with one certificate, far more with the system bundle). */
+    curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
     if (spec->ca_file)
         curl_easy_setopt(h, CURLOPT_CAINFO, spec->ca_file);
     if (!spec->tls_verify) {

@@ -105,8 +105,10 @@ static void on_trim(struct ev_loop *loop, ev_timer *t, int revents)
     e->pool_low = e->npool;
 }
 
-static int shard_init(struct shard *sh, struct engine *e, long max_host, long max_cached)
+/* Creates shard i (the next one); -1 when curl cannot. */
+static int shard_open(struct engine *e, unsigned i)
 {
+    struct shard *sh = &e->shards[i];
     sh->e = e;
     sh->multi = curl_multi_init();
     if (!sh->multi)
@@ -118,13 +120,16 @@ static int shard_init(struct shard *sh, struct engine *e, long max_host, long ma
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
     curl_multi_setopt(sh->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-    if (max_cached > 0)     /* else curl's default: 4 × the transfers added */
-        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, max_cached);
-    if (max_host > 0)
-        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host);
+    if (e->max_cached > 0)      /* else curl's default: 4 × the transfers added */
+        curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, e->max_cached);
+    /* A backstop (the gates cap each upstream's calls); the first shard's h2 connections may
+     * need all of it. */
+    if (e->max_host > 0)
+        curl_multi_setopt(sh->multi, CURLMOPT_MAX_HOST_CONNECTIONS, e->max_host);
     /* The gates count on it (curl's default; the smaller of it and the server's SETTINGS
      * applies). */
     curl_multi_setopt(sh->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)GATE_STREAMS);
+    e->nshards = i + 1;
     return 0;
 }
 
@@ -155,17 +160,11 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
         free(e);
         return NULL;
     }
-    long n = (max_host_connections + SHARD_CONNECTIONS - 1) / SHARD_CONNECTIONS;
-    e->nshards = n < 1 ? 1 : n > MAX_SHARDS ? MAX_SHARDS : (unsigned)n;
-    long per_host = (max_host_connections + e->nshards - 1) / e->nshards;
-    e->shard_cap = per_host > 0 ? (unsigned)per_host : UINT32_MAX;
-    for (unsigned i = 0; i < e->nshards; i++) {
-        long per_cache = max_cached ? (max_cached + e->nshards - 1) / e->nshards : 0;
-        if (shard_init(&e->shards[i], e, per_host, per_cache) < 0) {
-            e->nshards = i;
-            engine_free(e);
-            return NULL;
-        }
+    e->max_host = max_host_connections;
+    e->max_cached = max_cached;
+    if (shard_open(e, 0) < 0) {
+        engine_free(e);
+        return NULL;
     }
     ev_timer_init(&e->trim, on_trim, TRIM_SECONDS, TRIM_SECONDS);
     e->trim.data = e;
@@ -241,6 +240,15 @@ static void on_pump(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
+/* An HTTP/1.1 call left its shard: that one has room again. */
+static void shard_left(struct engine *e, struct shard *sh)
+{
+    unsigned i = (unsigned)(sh - e->shards);
+    sh->active--;
+    if (i < e->shard_room)
+        e->shard_room = i;
+}
+
 /* Takes the call off curl (closing its connection if the transfer was unfinished) or out of
  * its queue; a freed slot starts the next queued call. */
 static void call_release(struct call *c)
@@ -256,7 +264,7 @@ static void call_release(struct call *c)
         return;
     curl_multi_remove_handle(c->sh->multi, c->easy);
     if (!c->multiplex)
-        c->sh->active--;
+        shard_left(e, c->sh);
     easy_put(e, c->easy);
     c->easy = NULL;
     e->active--;
@@ -278,18 +286,26 @@ static void call_free(struct call *c)
     free(c);
 }
 
-/* HTTP/2 calls all go to the first shard, where they share its connections. */
+/* HTTP/2 calls all go to the first shard, where they share its connections; an HTTP/1.1 call
+ * to the lowest shard with room, opening the next one when all open ones are full, and once
+ * MAX_SHARDS are full to the least busy. */
 static struct shard *pick_shard(struct engine *e, bool multiplex)
 {
     struct shard *least = &e->shards[0];
     if (multiplex)
         return least;
-    for (unsigned i = 0; i < e->nshards; i++) {
-        if (e->shards[i].active < e->shard_cap)
+    for (unsigned i = e->shard_room; i < MAX_SHARDS; i++) {
+        if (i == e->nshards && shard_open(e, i) < 0)
+            break;
+        if (e->shards[i].active < SHARD_CONNECTIONS) {
+            e->shard_room = i;
             return &e->shards[i];
+        }
+    }
+    e->shard_room = e->nshards;     /* all full: no scan until one has room again */
+    for (unsigned i = 1; i < e->nshards; i++)
         if (e->shards[i].active < least->active)
             least = &e->shards[i];
-    }
     return least;
 }
 
@@ -339,6 +355,7 @@ struct call *call_start(struct engine *e, const struct call_spec *spec,
     c->multiplex = spec->http == CALL_HTTP_2 ||
                    (spec->http == CALL_HTTP_AUTO && call_url_https(spec->url));
     if (spec->gate_key && !(c->gate = gate_get(&e->gates, spec->gate_key, c->multiplex,
+                                                   call_url_https(spec->url),
                                                    spec->gate_cap)))
         goto fail_owned;
     if (c->gate && !gate_admit(c->gate, &c->opener)) {

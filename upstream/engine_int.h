@@ -15,12 +15,17 @@
 #define POOL_KEEP 16        /* handles kept however quiet it gets */
 #define TRIM_SECONDS 2.0
 
-/* libcurl 7.88 scans a host's whole connection bundle to find one to reuse: linear in the
- * connections to that host, quadratic under thousands of concurrent HTTP/1.1 calls. When
- * max_connections allows more than SHARD_CONNECTIONS, the engine has several multi handles
- * (shards), each with its own connection cache, and fills them in order: at low concurrency
- * everything stays on the first (one batch per loop turn), at high each scan covers a part. */
-#define SHARD_CONNECTIONS 1024
+/* libcurl 7.88 walks a host's connection bundle to find one to reuse (ConnectionExists: every
+ * busy connection before the first idle one) and walks the whole cache again in every
+ * curl_multi_remove_handle (close_connect_only, until it meets the connection just used):
+ * two walks per transfer, linear in the connections of one multi handle, so CPU per request
+ * grew with concurrency. The engine therefore spreads HTTP/1.1 calls over shards (multi handles
+ * with their own connection caches), made when needed and filled lowest first up to
+ * SHARD_CONNECTIONS calls each: at low concurrency everything stays on the first (one batch per
+ * loop turn), up to 1,024 calls no walk covers more than 64 connections, and past that the
+ * calls go to the least busy shard. Each multi handle holds a socketpair (curl's wakeup), so
+ * their number stays small. */
+#define SHARD_CONNECTIONS 64
 #define MAX_SHARDS 16
 
 struct shard {
@@ -33,8 +38,10 @@ struct shard {
 struct engine {
     struct ev_loop *loop;
     struct shard shards[MAX_SHARDS];
-    unsigned nshards;
-    unsigned shard_cap;     /* calls a shard takes before the next one is used */
+    unsigned nshards;       /* created so far (the first at start, the others when needed) */
+    unsigned shard_room;    /* no shard below this one has room for an HTTP/1.1 call */
+    long max_host;          /* curl's per-host cap in each shard (the gates cap the calls) */
+    long max_cached;        /* connections a shard's cache keeps (0: curl's default) */
     CURLSH *share;          /* TLS sessions and DNS answers, for every shard of this loop */
     ev_timer trim;          /* gives back pooled handles a burst left behind */
     ev_prepare pump;        /* starts queued calls once the loop is back outside curl */

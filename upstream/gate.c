@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct gate *gate_get(struct gate **list, const char *key, bool multiplex, unsigned cap)
+struct gate *gate_get(struct gate **list, const char *key, bool multiplex, bool tls,
+                      unsigned cap)
 {
     struct gate *g;
     for (g = *list; g; g = g->next)
@@ -18,6 +19,7 @@ struct gate *gate_get(struct gate **list, const char *key, bool multiplex, unsig
             return NULL;
         memcpy(g->key, key, n);
         g->multiplex = multiplex;
+        g->tls = tls && !multiplex;
         g->per_conn = GATE_STREAMS;
         g->cap = cap;   /* from the first config that used it: pools are sized at start */
         g->next = *list;
@@ -35,12 +37,25 @@ void gate_free_all(struct gate **list)
     }
 }
 
+/* HTTP/1.1: a free slot; over TLS, when no idle connection is left, a free handshake too. */
+static bool gate_room_h1(struct gate *g, bool *opener)
+{
+    if (g->active >= g->cap)
+        return false;
+    if (!g->tls || g->active < g->conns)
+        return true;
+    if (g->openers >= GATE_HANDSHAKES)
+        return false;
+    *opener = true;
+    return true;
+}
+
 /* Room for one more call; queued: it is the head of the line (counted in waiting). */
 static bool gate_room(struct gate *g, bool queued, bool *opener)
 {
     *opener = false;
     if (!g->multiplex)
-        return g->active < g->cap;
+        return gate_room_h1(g, opener);
     unsigned ready = g->conns > g->openers ? g->conns - g->openers : 0;
     if (g->active < ready * g->per_conn)
         return true;
@@ -127,6 +142,20 @@ void gate_conn_opened(struct gate *g, bool by_opener)
         g->openers++;
     }
     g->conns++;
+}
+
+bool gate_counts_conns(const struct gate *g)
+{
+    return g->multiplex || g->tls;
+}
+
+void gate_h1_conn_opened(struct gate *g, bool *opener)
+{
+    g->conns++;
+    if (!*opener) {
+        *opener = true;
+        g->openers++;
+    }
 }
 
 void gate_conn_closed(struct gate *g)

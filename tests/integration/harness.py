@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -364,6 +365,34 @@ def chat_body(content, model="m", **extra):
     body = {"model": model, "messages": [{"role": "user", "content": content}]}
     body.update(extra)
     return body
+
+
+def self_signed_cert(dir):
+    """Writes dir/cert.pem and dir/key.pem for 127.0.0.1; returns (cert, key) paths."""
+    cert, key = os.path.join(dir, "cert.pem"), os.path.join(dir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def burst(daemon, model, n, directives, prefix, timeout=20):
+    """n concurrent chat calls tagged prefix-0 … prefix-(n-1) (X-Request-Id) with @mock:
+    directives; returns their statuses."""
+    statuses = [None] * n
+
+    def one(i):
+        body = chat_body("hi @mock:" + directives, model=model)
+        statuses[i] = daemon.request("POST", "/v1/chat/completions", body, timeout=timeout,
+                                     headers={"X-Request-Id": "%s-%d" % (prefix, i)})[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
 
 
 def read_chunked_events(resp_file):

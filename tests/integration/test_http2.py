@@ -91,11 +91,7 @@ class Http2Test(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="llmux-h2-")
-        cls.cert = os.path.join(cls.dir, "cert.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-keyout", os.path.join(cls.dir, "key.pem"), "-out", cls.cert,
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True)
+        cls.cert = harness.self_signed_cert(cls.dir)[0]
         cls.mock = harness.Mock()
         cls.ng = Nghttpx(cls.dir, cls.mock.port, "main")
         # Closes a connection idle for 1 s: the next one resumes the TLS session.
@@ -120,20 +116,7 @@ class Http2Test(unittest.TestCase):
         self.mock.reset()
 
     def burst(self, model, n, directives, prefix, timeout=20):
-        """n concurrent chat calls tagged prefix-0 … prefix-(n-1); returns their statuses."""
-        statuses = [None] * n
-
-        def one(i):
-            body = harness.chat_body("hi @mock:" + directives, model=model)
-            statuses[i] = self.d.request("POST", "/v1/chat/completions", body, timeout=timeout,
-                                         headers={"X-Request-Id": "%s-%d" % (prefix, i)})[0]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return statuses
+        return harness.burst(self.d, model, n, directives, prefix, timeout)
 
     def stream_open(self, model, directives, rid, timeout=10):
         """Sends a streaming call and reads its response head; returns (socket, file)."""

@@ -2,10 +2,8 @@
 verification is a 502, and tls_verify: false is honoured."""
 import http.server
 import json
-import os
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 import unittest
@@ -39,11 +37,7 @@ class TlsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="llmux-tls-")
-        cert, key = os.path.join(cls.dir, "cert.pem"), os.path.join(cls.dir, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True)
+        cert, key = harness.self_signed_cert(cls.dir)
         cls.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
