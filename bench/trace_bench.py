@@ -1,21 +1,43 @@
 #!/usr/bin/env python3
-"""Tracing cost benchmark (run by hand, not a test; bounded: runs x rows x --seconds): llmuxd
-CPU per request with tracing off, on at sample_ratio 1.0 (every request exported to a local
-OTLP receiver) and on at 0.0 (ids made and propagated, nothing exported). Rows alternate within
-each run, each against a fresh mock and daemon (workers 1, no access log), so a noisy box
-spreads over all rows alike; the median over the runs is reported.
+"""Tracing cost benchmark (run by hand, not a test): what tracing adds to llmuxd's CPU per
+request. Rows, each against a fresh mock and daemon (workers 1, no access log):
 
-  python3 bench/trace_bench.py [--build build] [--seconds 3] [--clients 8] [--runs 3]
+  off               no tracing section
+  ratio 0.0         ids made and a traceparent sent upstream, nothing exported
+  ratio 1.0         two spans per request exported to a local OTLP receiver (Python, in this
+                    process: its CPU is not counted; the exporter thread's is)
+  ratio 1.0 dead    the same with the collector's port closed (every POST refused, retried)
+
+… each not streamed and streamed (10 chunks). Two measures:
+
+  instr  instructions per request, all llmuxd threads, counted by valgrind's callgrind over
+         --requests requests after a warm-up (load-independent: the figure to compare on a
+         shared box; a row takes ~10 s)
+  cpu    llmuxd CPU-ms per 1,000 requests (utime+stime) under --clients keep-alive clients for
+         --seconds, native; rows alternate within each of --runs runs, median shown
+
+  python3 bench/trace_bench.py [--build build] [--mode instr,cpu] [--requests 1000]
+                               [--seconds 3] [--clients 8] [--runs 3]
+Bounded: instr ~ 8 rows x (start + --requests under callgrind); cpu = runs x 8 x --seconds.
 """
 import argparse
+import glob
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests", "integration"))
 
+import harness                                  # noqa: E402
 import messages_bench as mb                     # noqa: E402  (client loop and CPU reading)
 from otlp_receiver import OtlpReceiver          # noqa: E402
 
@@ -25,41 +47,147 @@ TRACING = """tracing:
   batch_delay: 200ms
 """
 
-ROWS = [("off", None), ("on, ratio 1.0", "1.0"), ("on, ratio 0.0", "0.0")]
+# name, sample ratio (None: off), collector alive
+ROWS = [("off", None, True), ("ratio 0.0", "0.0", True), ("ratio 1.0", "1.0", True),
+        ("ratio 1.0 dead", "1.0", False)]
+
+
+def config(ratio, port):
+    return mb.CONFIG + (TRACING % {"otlp": port, "ratio": ratio} if ratio else "")
+
+
+def post_n(port, path, body, n):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = json.dumps(body)
+    for _ in range(n):
+        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError("status %d" % r.status)
+    conn.close()
+
+
+def post_parallel(port, path, body, n, clients):
+    threads = [threading.Thread(target=post_n, args=(port, path, body, n // clients))
+               for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return n // clients * clients
+
+
+def callgrind_total(out):
+    """Instructions in the last dump (callgrind's "totals:" line), 0 when none."""
+    files = sorted(glob.glob(out + "*"), key=os.path.getmtime)
+    for path in reversed(files):
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("totals:", "summary:")):
+                    return int(line.split()[1])
+    return 0
+
+
+def instr_row(build, text, path, body, requests, clients, keep=None):
+    """llmuxd under callgrind: counters zeroed after a warm-up, dumped after requests."""
+    harness.BUILD = build
+    mock = harness.Mock()
+    tmp = tempfile.mkdtemp(prefix="llmux-tb-")
+    port = harness.free_port()
+    conf = os.path.join(tmp, "llmux.yaml")
+    with open(conf, "w") as f:
+        f.write(text.replace("{port}", str(port)) % {"mock": mock.port})
+    out = os.path.join(tmp, "cg.out")
+    log = open(os.path.join(tmp, "log"), "w")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                             "--dump-instr=no", "--compress-strings=no",
+                             harness.binary("llmuxd"), "-c", conf],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        harness.wait_port(port, proc, timeout=60)
+        post_parallel(port, path, body, 100, clients)
+        time.sleep(0.5)                 # the warm-up's spans exported before counting
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        n = post_parallel(port, path, body, requests, clients)
+        time.sleep(0.6)                 # this run's spans encoded and posted (batch_delay 200ms)
+        for f in glob.glob(out + "*"):
+            os.unlink(f)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if keep:                        # the profile, for callgrind_annotate
+            for f in glob.glob(out + "*"):
+                shutil.copy(f, keep)
+        return callgrind_total(out) / n
+    finally:
+        proc.terminate()
+        proc.wait()
+        log.close()
+        mock.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mode_instr(a, rx, dead):
+    print("instructions per request (callgrind, all llmuxd threads, %d requests, %d clients)"
+          % (a.requests, a.clients))
+    print("%-16s %8s %14s %9s" % ("row", "stream", "instr/req", "vs off"))
+    for stream in (False, True):
+        path, body = mb.chat(stream)
+        off = None
+        for name, ratio, alive in ROWS:
+            v = instr_row(a.build, config(ratio, rx.port if alive else dead), path, body,
+                          a.requests, a.clients)
+            rx.clear()
+            off = off or v
+            print("%-16s %8s %14.0f %+8.1f%%" % (name, "yes" if stream else "no", v,
+                                                (v / off - 1) * 100), flush=True)
+
+
+def mode_cpu(a, rx, dead):
+    results = {(name, s): [] for name, _, _ in ROWS for s in (False, True)}
+    for _ in range(a.runs):
+        for stream in (False, True):
+            path, body = mb.chat(stream)
+            for name, ratio, alive in ROWS:
+                mb.CONFIG, base = config(ratio, rx.port if alive else dead), mb.CONFIG
+                try:
+                    r = mb.run_row(a.build, path, body, a.seconds, a.clients)
+                finally:
+                    mb.CONFIG = base
+                results[(name, stream)].append(r["cpu_ms_per_1k"])
+                rx.clear()
+    print("CPU-ms per 1,000 requests (utime+stime, %d clients, %.0f s, median of %d runs)"
+          % (a.clients, a.seconds, a.runs))
+    print("%-16s %8s %10s %20s %9s" % ("row", "stream", "CPU-ms/1k", "(runs)", "vs off"))
+    for stream in (False, True):
+        off = statistics.median(results[("off", stream)])
+        for name, _, _ in ROWS:
+            v = results[(name, stream)]
+            med = statistics.median(v)
+            print("%-16s %8s %10.1f %20s %+8.1f%%" % (
+                name, "yes" if stream else "no", med,
+                "(" + ", ".join("%.0f" % x for x in v) + ")", (med / off - 1) * 100))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
+    ap.add_argument("--mode", default="instr,cpu")
+    ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     rx = OtlpReceiver()
-    base = mb.CONFIG
-    results = {(name, s): [] for name, _ in ROWS for s in (False, True)}
+    dead = harness.free_port()          # nothing listens there: the collector is down
     try:
-        for _ in range(a.runs):
-            for stream in (False, True):
-                path, body = mb.chat(stream)
-                for name, ratio in ROWS:
-                    mb.CONFIG = base + (TRACING % {"otlp": rx.port, "ratio": ratio}
-                                        if ratio else "")
-                    r = mb.run_row(a.build, path, body, a.seconds, a.clients)
-                    results[(name, stream)].append(r["cpu_ms_per_1k"])
-                    rx.clear()
+        if "instr" in a.mode:
+            mode_instr(a, rx, dead)
+        if "cpu" in a.mode:
+            mode_cpu(a, rx, dead)
     finally:
         rx.stop()
-    print("%-22s %8s %28s %10s" % ("row", "stream", "CPU-ms/1k req (median, runs)",
-                                   "vs off"))
-    for stream in (False, True):
-        off = statistics.median(results[("off", stream)])
-        for name, _ in ROWS:
-            v = results[(name, stream)]
-            med = statistics.median(v)
-            print("%-22s %8s %10.1f %17s %+9.1f%%" % (
-                name, "yes" if stream else "no", med,
-                "(" + ", ".join("%.0f" % x for x in v) + ")", (med / off - 1) * 100))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-/* trace_export: bounded span queue → batches → OTLP/HTTP JSON POSTs from a helper thread. The
- * lock is held by a worker only to store one pointer, and by the thread only to take a batch
- * out; the HTTP work happens outside it. */
+/* trace_export: bounded queue of span records → batches → OTLP/HTTP JSON POSTs from a helper
+ * thread. The lock is held by a worker only to store one pointer, and by the thread only to
+ * take a batch out; encoding and HTTP happen outside it. */
 #include "daemon/trace_export.h"
 
 #include <curl/curl.h>
@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "daemon/trace_span.h"
 
 #define EXPORT_RETRIES 3            /* after the first try; backoff 0.5 s, 1 s, 2 s */
 #define EXPORT_TIMEOUT_MS 10000
@@ -22,7 +23,7 @@ struct exporter {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct buf *q;                  /* ring of spans, cap entries */
+    struct trace_span **q;          /* ring of span records, cap entries */
     size_t cap, head, n;
     bool stop;
     bool running;                   /* atomic: read by workers */
@@ -44,27 +45,24 @@ bool trace_export_running(void)
     return __atomic_load_n(&ex.running, __ATOMIC_ACQUIRE);
 }
 
-void trace_export_push(struct buf *span)
+void trace_export_drop(void)
 {
-    struct buf copy = *span;
-    *span = (struct buf)BUF_INIT;
-    if (!copy.len) {
-        buf_free(&copy);
-        __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
-        return;
-    }
+    __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
+}
+
+void trace_export_push(struct trace_span *span)
+{
     pthread_mutex_lock(&ex.lock);
     bool full = ex.n == ex.cap;
     if (!full) {
-        ex.q[(ex.head + ex.n) % ex.cap] = copy;
-        ex.n++;
-        if (ex.n >= ex.batch)
+        ex.q[(ex.head + ex.n) % ex.cap] = span;
+        if (++ex.n == ex.batch)
             pthread_cond_signal(&ex.cond);
     }
     pthread_mutex_unlock(&ex.lock);
     if (full) {
-        buf_free(&copy);
-        __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
+        trace_span_release(span);
+        trace_export_drop();
     }
 }
 
@@ -134,7 +132,8 @@ void trace_export_stop(void)
     pthread_mutex_unlock(&ex.lock);
     pthread_join(ex.thread, NULL);
     for (size_t i = 0; i < ex.n; i++)
-        buf_free(&ex.q[(ex.head + i) % ex.cap]);
+        trace_span_release(ex.q[(ex.head + i) % ex.cap]);
+    trace_pools_free();     /* the workers are gone: nothing makes or holds a span now */
     free(ex.q);
     free(ex.url);
     free(ex.envelope);
@@ -191,22 +190,30 @@ static int export_post(CURL *easy, const struct buf *body)
     return status == 429 || status == 502 || status == 503 || status == 504 ? 1 : -1;
 }
 
-/* Sends k spans as one request, retrying with backoff (not once stopping); frees them. */
-static void export_batch(CURL *easy, struct buf *spans, size_t k)
+/* The POST body for k spans, which go back to their pools once encoded; NULL data when
+ * memory ran out. */
+static struct buf export_body(struct trace_span **spans, size_t k)
 {
     struct buf body = BUF_INIT;
-    size_t total = strlen(ex.envelope) + 16;
-    for (size_t i = 0; i < k; i++)
-        total += spans[i].len + 1;
-    buf_reserve(&body, total);
-    buf_puts(&body, ex.envelope);
+    int rc = buf_puts(&body, ex.envelope);
     for (size_t i = 0; i < k; i++) {
-        if (i)
-            buf_puts(&body, ",");
-        buf_append(&body, spans[i].data, spans[i].len);
-        buf_free(&spans[i]);
+        if (i && rc == 0)
+            rc = buf_append(&body, ",", 1);
+        if (rc == 0)
+            rc = trace_span_encode(&body, spans[i]);
+        trace_span_release(spans[i]);
     }
-    buf_puts(&body, "]}]}]}");
+    if (rc == 0)
+        rc = buf_puts(&body, "]}]}]}");
+    if (rc < 0)
+        buf_free(&body);
+    return body;
+}
+
+/* Sends k spans as one request, retrying with backoff (not once stopping); releases them. */
+static void export_batch(CURL *easy, struct trace_span **spans, size_t k)
+{
+    struct buf body = export_body(spans, k);
     int rc = body.data ? export_post(easy, &body) : -1;
     for (unsigned i = 0; rc > 0 && i < EXPORT_RETRIES; i++) {
         pthread_mutex_lock(&ex.lock);
@@ -230,7 +237,7 @@ static void export_batch(CURL *easy, struct buf *spans, size_t k)
 static void *exporter_main(void *arg)
 {
     CURL *easy = curl_easy_init();
-    struct buf *batch = calloc(ex.batch, sizeof *batch);
+    struct trace_span **batch = calloc(ex.batch, sizeof *batch);
     pthread_mutex_lock(&ex.lock);
     for (;;) {
         if (ex.n < ex.batch && !ex.stop)
@@ -247,7 +254,7 @@ static void *exporter_main(void *arg)
             export_batch(easy, batch, k);
         else if (k && batch)
             for (size_t i = 0; i < k; i++)
-                buf_free(&batch[i]);
+                trace_span_release(batch[i]);
         pthread_mutex_lock(&ex.lock);
         if (stopping && ex.n == 0)
             break;

@@ -1,0 +1,390 @@
+/* trace_span: span records and their per-thread pools (owner thread takes, exporter gives back
+ * through a lock-free stack), and the OTLP JSON encoder the exporter thread runs on them. */
+#include "daemon/trace_span.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRACE_POOL_KEEP 256     /* spans a thread keeps free; more handed back are freed */
+#define TRACE_POOL_TRACES 64    /* struct trace kept free per thread */
+
+/* One per thread that makes spans. free and traces are the owner's alone; returned is pushed
+ * by the exporter and taken whole by the owner (an exchange, so no ABA). */
+struct trace_pool {
+    struct trace_span *free;
+    unsigned nfree;
+    struct trace_span *returned;        /* atomic */
+    struct trace *traces;
+    unsigned ntraces;
+    struct trace_pool *next;            /* every pool, for trace_pools_free */
+};
+
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct trace_pool *pools;
+static unsigned pools_gen = 1;          /* bumped when the pools are freed */
+static __thread struct trace_pool *my_pool;
+static __thread unsigned my_gen;
+
+static struct trace_pool *pool_mine(void)
+{
+    unsigned gen = __atomic_load_n(&pools_gen, __ATOMIC_ACQUIRE);
+    if (my_pool && my_gen == gen)
+        return my_pool;
+    struct trace_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    pthread_mutex_lock(&pools_lock);
+    p->next = pools;
+    pools = p;
+    pthread_mutex_unlock(&pools_lock);
+    my_pool = p;
+    my_gen = gen;
+    return p;
+}
+
+/* What the exporter handed back becomes free again, up to TRACE_POOL_KEEP. */
+static void pool_take_returned(struct trace_pool *p)
+{
+    struct trace_span *s = __atomic_exchange_n(&p->returned, NULL, __ATOMIC_ACQUIRE);
+    while (s) {
+        struct trace_span *next = s->next;
+        if (p->nfree < TRACE_POOL_KEEP) {
+            s->next = p->free;
+            p->free = s;
+            p->nfree++;
+        } else {
+            free(s);
+        }
+        s = next;
+    }
+}
+
+struct trace_span *trace_span_new(void)
+{
+    struct trace_pool *p = pool_mine();
+    if (!p)
+        return NULL;
+    if (!p->free)
+        pool_take_returned(p);
+    struct trace_span *s = p->free;
+    if (s) {
+        p->free = s->next;
+        p->nfree--;
+    } else if (!(s = malloc(sizeof *s))) {
+        return NULL;
+    }
+    /* the header only: text and attributes are written before they are read */
+    memset(s, 0, offsetof(struct trace_span, attrs));
+    s->pool = p;
+    s->nattrs = 0;
+    s->content = NULL;
+    s->content_len = s->content_cap = 0;
+    s->text_len = 0;
+    return s;
+}
+
+void trace_span_release(struct trace_span *s)
+{
+    free(s->content);
+    s->content = NULL;
+    struct trace_pool *p = s->pool;
+    s->next = __atomic_load_n(&p->returned, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(&p->returned, &s->next, s, true, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED))
+        ;
+}
+
+struct trace *trace_pool_trace(void)
+{
+    struct trace_pool *p = pool_mine();
+    struct trace *t = p ? p->traces : NULL;
+    if (t) {
+        p->traces = t->next_free;
+        p->ntraces--;
+    } else if (!(t = malloc(sizeof *t))) {
+        return NULL;
+    }
+    memset(t, 0, offsetof(struct trace, state_buf));
+    return t;
+}
+
+void trace_pool_trace_free(struct trace *t)
+{
+    struct trace_pool *p = pool_mine();
+    if (!p || p->ntraces >= TRACE_POOL_TRACES) {
+        free(t);
+        return;
+    }
+    t->next_free = p->traces;
+    p->traces = t;
+    p->ntraces++;
+}
+
+void trace_pools_free(void)
+{
+    pthread_mutex_lock(&pools_lock);
+    struct trace_pool *p = pools;
+    pools = NULL;
+    __atomic_add_fetch(&pools_gen, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&pools_lock);
+    while (p) {
+        struct trace_pool *next = p->next;
+        pool_take_returned(p);
+        for (struct trace_span *s = p->free, *n; s; s = n) {
+            n = s->next;
+            free(s);
+        }
+        for (struct trace *t = p->traces, *n; t; t = n) {
+            n = t->next_free;
+            free(t);
+        }
+        free(p);
+        p = next;
+    }
+}
+
+/* ---- filling ------------------------------------------------------------------------------- */
+
+/* n bytes, cut back to a UTF-8 character boundary when they must be cut to fit room. */
+static size_t fit_utf8(const char *p, size_t n, size_t room)
+{
+    if (n <= room)
+        return n;
+    while (room > 0 && ((unsigned char)p[room] & 0xc0) == 0x80)
+        room--;
+    return room;
+}
+
+struct trace_text trace_span_text(struct trace_span *s, const char *p, size_t n)
+{
+    n = fit_utf8(p, n, TRACE_SPAN_TEXT - s->text_len);
+    struct trace_text t = {s->text_len, (uint16_t)n};
+    memcpy(s->text + s->text_len, p, n);
+    s->text_len = (uint16_t)(s->text_len + n);
+    return t;
+}
+
+struct trace_text trace_span_text2(struct trace_span *s, const char *a, const char *b)
+{
+    struct trace_text t = trace_span_text(s, a, strlen(a));
+    struct trace_text sp = trace_span_text(s, " ", 1);
+    struct trace_text tb = trace_span_text(s, b, strlen(b));
+    t.len = (uint16_t)(t.len + sp.len + tb.len);
+    return t;
+}
+
+static struct trace_attr *attr_add(struct trace_span *s, const char *key, uint8_t type)
+{
+    if (s->nattrs == TRACE_SPAN_ATTRS)
+        return NULL;
+    struct trace_attr *a = &s->attrs[s->nattrs++];
+    a->key = key;
+    a->type = type;
+    return a;
+}
+
+void trace_span_str(struct trace_span *s, const char *key, const char *val)
+{
+    struct trace_attr *a = val ? attr_add(s, key, TRACE_ATTR_STR) : NULL;
+    if (a)
+        a->v.s = trace_span_text(s, val, strlen(val));
+}
+
+void trace_span_int(struct trace_span *s, const char *key, long v)
+{
+    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_INT);
+    if (a)
+        a->v.i = v;
+}
+
+void trace_span_double(struct trace_span *s, const char *key, double v)
+{
+    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_DOUBLE);
+    if (a)
+        a->v.d = v;
+}
+
+void trace_span_content(struct trace_span *s, const char *key, const char *p, size_t n,
+                        size_t max)
+{
+    n = fit_utf8(p, n, max);
+    if (s->content_len + n > s->content_cap) {
+        size_t cap = s->content_len + n;
+        char *c = realloc(s->content, cap);
+        if (!c)
+            return;     /* the attribute is left out rather than the span */
+        s->content = c;
+        s->content_cap = cap;
+    }
+    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_CONTENT);
+    if (!a)
+        return;
+    a->v.s = (struct trace_text){(uint16_t)s->content_len, (uint16_t)n};
+    memcpy(s->content + s->content_len, p, n);
+    s->content_len += n;
+}
+
+/* ---- OTLP JSON (the exporter thread's) ------------------------------------------------------ */
+
+/* Writers into room reserved up front by span_bound: no per-piece checks. */
+#define PUT(w, lit) (memcpy((w), (lit), sizeof(lit) - 1), (w) + sizeof(lit) - 1)
+
+/* Every byte the span's JSON can take: fixed parts, keys, and text at most 6x escaped. */
+static size_t span_bound(const struct trace_span *s)
+{
+    return 512 + (size_t)s->nattrs * (TRACE_SPAN_KEY_MAX + 64) +
+           6 * ((size_t)s->text_len + s->content_len);
+}
+
+static char *put_hex(char *w, const uint8_t *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        *w++ = digits[p[i] >> 4];
+        *w++ = digits[p[i] & 15];
+    }
+    return w;
+}
+
+static char *put_u64(char *w, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(w, tmp + i, sizeof tmp - i);
+    return w + (sizeof tmp - i);
+}
+
+static char *put_i64(char *w, int64_t v)
+{
+    if (v >= 0)
+        return put_u64(w, (uint64_t)v);
+    *w++ = '-';
+    return put_u64(w, (uint64_t)0 - (uint64_t)v);
+}
+
+/* The inside of a JSON string, escaped as buf_json_escape does; plain runs copied whole. */
+static char *put_esc(char *w, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\' &&
+               s[j] != 0x7f)
+            j++;
+        memcpy(w, s + i, j - i);
+        w += j - i;
+        if (j == n)
+            break;
+        unsigned char c = (unsigned char)s[j];
+        i = j + 1;
+        *w++ = '\\';
+        if (c == '"' || c == '\\') {
+            *w++ = (char)c;
+        } else if (c == '\n' || c == '\r' || c == '\t') {
+            *w++ = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+        } else {
+            w = PUT(w, "u00");
+            *w++ = hex[c >> 4];
+            *w++ = hex[c & 15];
+        }
+    }
+    return w;
+}
+
+static char *put_text(char *w, const struct trace_span *s, struct trace_text t)
+{
+    return put_esc(w, s->text + t.off, t.len);
+}
+
+static char *put_attr(char *w, const struct trace_span *s, const struct trace_attr *a)
+{
+    w = PUT(w, "{\"key\":\"");
+    size_t klen = strlen(a->key);
+    memcpy(w, a->key, klen);
+    w += klen;
+    switch (a->type) {
+    case TRACE_ATTR_INT:
+        w = PUT(w, "\",\"value\":{\"intValue\":\"");
+        w = put_i64(w, a->v.i);
+        return PUT(w, "\"}}");
+    case TRACE_ATTR_DOUBLE:
+        w = PUT(w, "\",\"value\":{\"doubleValue\":");
+        w += snprintf(w, 32, "%.10g", a->v.d);
+        return PUT(w, "}}");
+    case TRACE_ATTR_CONTENT:
+        w = PUT(w, "\",\"value\":{\"stringValue\":\"");
+        w = put_esc(w, s->content + a->v.s.off, a->v.s.len);
+        return PUT(w, "\"}}");
+    default:
+        w = PUT(w, "\",\"value\":{\"stringValue\":\"");
+        w = put_text(w, s, a->v.s);
+        return PUT(w, "\"}}");
+    }
+}
+
+/* {"traceId":…,"attributes":[ */
+static char *put_head(char *w, const struct trace_span *s)
+{
+    static const uint8_t zero[8];
+    w = PUT(w, "{\"traceId\":\"");
+    w = put_hex(w, s->trace_id, 16);
+    w = PUT(w, "\",\"spanId\":\"");
+    w = put_hex(w, s->span_id, 8);
+    w = PUT(w, "\",");
+    if (memcmp(s->parent_id, zero, 8)) {
+        w = PUT(w, "\"parentSpanId\":\"");
+        w = put_hex(w, s->parent_id, 8);
+        w = PUT(w, "\",");
+    }
+    if (s->state.len) {
+        w = PUT(w, "\"traceState\":\"");
+        w = put_text(w, s, s->state);
+        w = PUT(w, "\",");
+    }
+    w = PUT(w, "\"name\":\"");
+    w = put_text(w, s, s->name);
+    w = PUT(w, "\",\"kind\":");
+    *w++ = (char)('0' + s->kind);
+    w = PUT(w, ",\"startTimeUnixNano\":\"");
+    w = put_u64(w, s->start_ns);
+    w = PUT(w, "\",\"endTimeUnixNano\":\"");
+    w = put_u64(w, s->end_ns);
+    return PUT(w, "\",\"attributes\":[");
+}
+
+int trace_span_encode(struct buf *b, const struct trace_span *s)
+{
+    if (buf_reserve(b, span_bound(s)) < 0)
+        return -1;
+    char *w = put_head(b->data + b->len, s);
+    for (unsigned i = 0; i < s->nattrs; i++) {
+        if (i)
+            *w++ = ',';
+        w = put_attr(w, s, &s->attrs[i]);
+    }
+    w = PUT(w, "],\"events\":[");
+    if (s->event.len) {
+        w = PUT(w, "{\"timeUnixNano\":\"");
+        w = put_u64(w, s->end_ns);
+        w = PUT(w, "\",\"name\":\"");
+        w = put_text(w, s, s->event);
+        w = PUT(w, "\"}");
+    }
+    w = PUT(w, "],\"status\":{");
+    if (s->error.len) {
+        w = PUT(w, "\"code\":2,\"message\":\"");
+        w = put_text(w, s, s->error);
+        *w++ = '"';
+    }
+    w = PUT(w, "}}");
+    b->len = (size_t)(w - b->data);
+    b->data[b->len] = '\0';
+    return 0;
+}
