@@ -333,25 +333,74 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
     trace_export_push(s);
 }
 
-/* The client's token cap, read from its text without a tree (-1: none asked). */
+/* Past the JSON string that opens at t[i] (the text is valid JSON): a memchr per quote. */
+static size_t skim_string(const char *t, size_t n, size_t i)
+{
+    for (;;) {
+        const char *q = memchr(t + i + 1, '"', n - i - 1);
+        if (!q)
+            return n;
+        size_t j = (size_t)(q - t), bs = 0;
+        while (t[j - 1 - bs] == '\\')
+            bs++;
+        if (bs % 2 == 0)
+            return j + 1;
+        i = j;
+    }
+}
+
+/* The integer written at t[i] (after ws), or -1: "1.5", "1e3" and strings are not counts. */
+static long skim_int(const char *t, size_t n, size_t i)
+{
+    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
+        i++;
+    char num[24];
+    size_t k = 0;
+    while (i < n && k < sizeof num - 1 && (t[i] == '-' || (t[i] >= '0' && t[i] <= '9')))
+        num[k++] = t[i++];
+    num[k] = '\0';
+    if (!k || (i < n && (t[i] == '.' || t[i] == 'e' || t[i] == 'E' || k == sizeof num - 1)))
+        return -1;
+    char *end;
+    long v = strtol(num, &end, 10);
+    return *end == '\0' ? v : -1;
+}
+
+/* The client's token cap, read from its validated text in one skim (-1: none asked): strings
+ * are jumped over with memchr and only the top level's keys are compared. The first name, in
+ * this order, holding a count wins; a name given twice counts as none asked. */
 static long max_tokens_of(const struct buf *raw)
 {
-    struct json_pick pk[] = {{"max_completion_tokens", 0, 0, false},
-                             {"max_tokens", 0, 0, false}, {"max_output_tokens", 0, 0, false}};
-    if (!raw || !raw->len || json_scan_pick(raw->data, raw->len, pk, 3) != 0)
-        return -1;
-    for (size_t i = 0; i < sizeof pk / sizeof pk[0]; i++) {
-        char num[24];
-        size_t n = pk[i].end - pk[i].start;
-        if (!pk[i].found || n >= sizeof num)
-            continue;
-        memcpy(num, raw->data + pk[i].start, n);
-        num[n] = '\0';
-        char *end;
-        long v = strtol(num, &end, 10);
-        if (*end == '\0')      /* an integer as written (not 1.5, not a string) */
-            return v;
+    static const char *const names[] = {"\"max_completion_tokens\"", "\"max_tokens\"",
+                                         "\"max_output_tokens\""};
+    long found[3] = {-1, -1, -1};
+    unsigned seen[3] = {0, 0, 0};
+    const char *t = raw ? raw->data : NULL;
+    size_t n = t ? raw->len : 0, depth = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] == '{' || t[i] == '[') {
+            depth++;
+        } else if (t[i] == '}' || t[i] == ']') {
+            depth--;
+        } else if (t[i] == '"') {
+            size_t end = skim_string(t, n, i), k = end;
+            while (depth == 1 && k < n && (t[k] == ' ' || t[k] == '\t' || t[k] == '\n' ||
+                                           t[k] == '\r'))
+                k++;
+            for (size_t m = 0; depth == 1 && k < n && t[k] == ':' && m < 3; m++)
+                if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i)) {
+                    found[m] = skim_int(t, n, k + 1);
+                    seen[m]++;
+                }
+            i = end - 1;
+        }
     }
+    for (size_t m = 0; m < 3; m++)
+        if (seen[m] > 1)
+            return -1;
+    for (size_t m = 0; m < 3; m++)
+        if (found[m] >= 0)
+            return found[m];
     return -1;
 }
 
@@ -366,11 +415,18 @@ void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request
     /* the answer's model: Anthropic's from its message; an OpenAI body's "model" string */
     char *model = in->response_model_buf;
     size_t cap = sizeof in->response_model_buf;
-    if (anthropic && c->anthropic.model)
-        snprintf(model, cap, "%s", c->anthropic.model);
-    else if (!r->stream && json_scan_member(resp->data, resp->len, "model", &s, &e) == 0 &&
-             e - s >= 2 && e - s < cap && resp->data[s] == '"')
-        snprintf(model, cap, "%.*s", (int)(e - s - 2), resp->data + s + 1);
+    const char *from = NULL;
+    size_t n = 0;
+    if (anthropic && c->anthropic.model) {
+        from = c->anthropic.model;
+        n = strnlen(from, cap - 1);
+    } else if (!r->stream && json_scan_member(resp->data, resp->len, "model", &s, &e) == 0 &&
+               e - s >= 2 && e - s < cap && resp->data[s] == '"') {
+        from = resp->data + s + 1;      /* the string's text, as written */
+        n = e - s - 2;
+    }
+    memcpy(model, from ? from : "", n);
+    model[n] = '\0';
     in->system = anthropic ? "anthropic" : "openai";
     in->upstream = t->upstream->name;
     in->request_model = t->model ? t->model : r->model;

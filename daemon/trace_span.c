@@ -250,12 +250,23 @@ static char *put_hex(char *w, const uint8_t *p, size_t n)
 
 static char *put_u64(char *w, uint64_t v)
 {
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                "31323334353637383940414243444546474849505152535455565758596061"
+                                "62636465666768697071727374757677787980818283848586878889909192"
+                                "939495969798990";
     char tmp[24];
     size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    while (v >= 100) {          /* two digits a division: timestamps have nineteen */
+        i -= 2;
+        memcpy(tmp + i, pairs + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        i -= 2;
+        memcpy(tmp + i, pairs + 2 * v, 2);
+    } else {
+        tmp[--i] = (char)('0' + v);
+    }
     memcpy(w, tmp + i, sizeof tmp - i);
     return w + (sizeof tmp - i);
 }
@@ -268,22 +279,36 @@ static char *put_i64(char *w, int64_t v)
     return put_u64(w, (uint64_t)0 - (uint64_t)v);
 }
 
-/* The inside of a JSON string, escaped as buf_json_escape does; plain runs copied whole. */
+/* Bytes a JSON string holds as they are (not '"', '\\', controls or DEL). */
+static const uint8_t json_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* The inside of a JSON string, escaped as buf_json_escape does, a byte a table look-up. */
 static char *put_esc(char *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t i = 0;
-    while (i < n) {
-        size_t j = i;
-        while (j < n && (unsigned char)s[j] >= 0x20 && s[j] != '"' && s[j] != '\\' &&
-               s[j] != 0x7f)
-            j++;
-        memcpy(w, s + i, j - i);
-        w += j - i;
-        if (j == n)
-            break;
-        unsigned char c = (unsigned char)s[j];
-        i = j + 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (json_plain[c]) {
+            *w++ = (char)c;
+            continue;
+        }
         *w++ = '\\';
         if (c == '"' || c == '\\') {
             *w++ = (char)c;
