@@ -81,6 +81,9 @@ static char *export_envelope(const struct conf *c)
 static struct curl_slist *export_headers(const struct conf *c)
 {
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    /* a batch is larger than curl's 100-continue threshold: no round trip (or a 1 s wait for
+     * a collector that never says "100") before every POST */
+    h = curl_slist_append(h, "Expect:");
     for (size_t i = 0; i < c->tracing.nheaders; i++) {
         struct buf line = BUF_INIT;
         buf_printf(&line, "%s: %s", c->tracing.headers[i].name, c->tracing.headers[i].value);
