@@ -59,6 +59,7 @@ HEADER = "    headers: {X-Bench-Pad: 00-0123456789abcdef0123456789abcdef-0123456
 # name, sample ratio (None: off; "hdr": off with HEADER), collector alive
 ROWS = [("off", None, True), ("off + 1 header", "hdr", True), ("ratio 0.0", "0.0", True),
         ("ratio 1.0", "1.0", True), ("ratio 1.0 dead", "1.0", False)]
+EXTRA_VG = os.environ.get("TRACE_BENCH_VG", "").split()
 FLUSH_S = 3.5                           # batch_delay and a margin
 
 
@@ -114,7 +115,7 @@ def instr_row(build, text, path, body, requests, clients, keep=None):
     out = os.path.join(tmp, "cg.out")
     log = open(os.path.join(tmp, "log"), "w")
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
-                             "--dump-instr=no", "--compress-strings=no",
+                             "--dump-instr=no", "--compress-strings=no"] + EXTRA_VG + [
                              harness.binary("llmuxd"), "-c", conf],
                             stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -9,7 +9,6 @@
 
 #include <ev.h>
 
-#include "common/json_scan.h"
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
 #include "daemon/trace_export.h"
@@ -349,11 +348,9 @@ static size_t skim_string(const char *t, size_t n, size_t i)
     }
 }
 
-/* The integer written at t[i] (after ws), or -1: "1.5", "1e3" and strings are not counts. */
+/* The integer written at t[i], or -1: "1.5", "1e3" and strings are not counts. */
 static long skim_int(const char *t, size_t n, size_t i)
 {
-    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
-        i++;
     char num[24];
     size_t k = 0;
     while (i < n && k < sizeof num - 1 && (t[i] == '-' || (t[i] >= '0' && t[i] <= '9')))
@@ -366,42 +363,72 @@ static long skim_int(const char *t, size_t n, size_t i)
     return *end == '\0' ? v : -1;
 }
 
-/* The client's token cap, read from its validated text in one skim (-1: none asked): strings
- * are jumped over with memchr and only the top level's keys are compared. The first name, in
- * this order, holding a count wins; a name given twice counts as none asked. */
-static long max_tokens_of(const struct buf *raw)
+static size_t skip_ws(const char *t, size_t n, size_t i)
 {
-    static const char *const names[] = {"\"max_completion_tokens\"", "\"max_tokens\"",
-                                         "\"max_output_tokens\""};
-    long found[3] = {-1, -1, -1};
-    unsigned seen[3] = {0, 0, 0};
-    const char *t = raw ? raw->data : NULL;
-    size_t n = t ? raw->len : 0, depth = 0;
+    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* The top-level members of JSON text t named in names (quoted, as written): where each one's
+ * first value starts (at) and how often it appears (seen). One pass; strings are jumped over
+ * with memchr, nested values only counted in and out. Cheaper than a member walk that parses
+ * every value, which matters because it runs for every exported attempt. */
+static void skim_members(const char *t, size_t n, const char *const *names, size_t k,
+                         size_t *at, unsigned *seen)
+{
+    size_t depth = 0;
     for (size_t i = 0; i < n; i++) {
         if (t[i] == '{' || t[i] == '[') {
             depth++;
         } else if (t[i] == '}' || t[i] == ']') {
             depth--;
         } else if (t[i] == '"') {
-            size_t end = skim_string(t, n, i), k = end;
-            while (depth == 1 && k < n && (t[k] == ' ' || t[k] == '\t' || t[k] == '\n' ||
-                                           t[k] == '\r'))
-                k++;
-            for (size_t m = 0; depth == 1 && k < n && t[k] == ':' && m < 3; m++)
-                if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i)) {
-                    found[m] = skim_int(t, n, k + 1);
-                    seen[m]++;
-                }
+            size_t end = skim_string(t, n, i), c = depth == 1 ? skip_ws(t, n, end) : n;
+            for (size_t m = 0; c < n && t[c] == ':' && m < k; m++)
+                if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i) &&
+                    !seen[m]++)
+                    at[m] = skip_ws(t, n, c + 1);
             i = end - 1;
         }
     }
+}
+
+/* The client's token cap (-1: none asked): the first of these names holding an integer as
+ * written (not 1.5, not a string); a name given twice counts as none asked. */
+static long max_tokens_of(const struct buf *raw)
+{
+    static const char *const names[] = {"\"max_completion_tokens\"", "\"max_tokens\"",
+                                         "\"max_output_tokens\""};
+    size_t at[3];
+    unsigned seen[3] = {0, 0, 0};
+    if (!raw || !raw->len)
+        return -1;
+    skim_members(raw->data, raw->len, names, 3, at, seen);
     for (size_t m = 0; m < 3; m++)
         if (seen[m] > 1)
             return -1;
-    for (size_t m = 0; m < 3; m++)
-        if (found[m] >= 0)
-            return found[m];
+    for (size_t m = 0; m < 3; m++) {
+        long v = seen[m] ? skim_int(raw->data, raw->len, at[m]) : -1;
+        if (v >= 0)
+            return v;
+    }
     return -1;
+}
+
+/* An OpenAI answer's "model" string, as written, into out (cap bytes); "" when none fits. */
+static void answer_model(const struct buf *resp, char *out, size_t cap)
+{
+    static const char *const names[] = {"\"model\""};
+    size_t at = 0, n = 0;
+    unsigned seen = 0;
+    skim_members(resp->data, resp->len, names, 1, &at, &seen);
+    if (seen && at < resp->len && resp->data[at] == '"') {
+        n = skim_string(resp->data, resp->len, at) - at - 2;
+        n = n < cap ? n : 0;
+    }
+    memcpy(out, resp->data + at + 1, n);
+    out[n] = '\0';
 }
 
 void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
@@ -410,23 +437,17 @@ void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request
                              const struct buf *sent)
 {
     bool anthropic = t->upstream->provider == PROVIDER_ANTHROPIC;
-    size_t s, e;
     memset(in, 0, sizeof *in);
     /* the answer's model: Anthropic's from its message; an OpenAI body's "model" string */
     char *model = in->response_model_buf;
     size_t cap = sizeof in->response_model_buf;
-    const char *from = NULL;
-    size_t n = 0;
     if (anthropic && c->anthropic.model) {
-        from = c->anthropic.model;
-        n = strnlen(from, cap - 1);
-    } else if (!r->stream && json_scan_member(resp->data, resp->len, "model", &s, &e) == 0 &&
-               e - s >= 2 && e - s < cap && resp->data[s] == '"') {
-        from = resp->data + s + 1;      /* the string's text, as written */
-        n = e - s - 2;
+        size_t n = strnlen(c->anthropic.model, cap - 1);
+        memcpy(model, c->anthropic.model, n);
+        model[n] = '\0';
+    } else if (!r->stream && resp->len) {
+        answer_model(resp, model, cap);
     }
-    memcpy(model, from ? from : "", n);
-    model[n] = '\0';
     in->system = anthropic ? "anthropic" : "openai";
     in->upstream = t->upstream->name;
     in->request_model = t->model ? t->model : r->model;

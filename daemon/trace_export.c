@@ -18,6 +18,7 @@
 #define EXPORT_RETRIES 3            /* after the first try; backoff 0.5 s, 1 s, 2 s */
 #define EXPORT_TIMEOUT_MS 10000
 #define EXPORT_CONNECT_MS 2000
+#define EXPORT_BODY_KEEP (4u << 20)    /* a POST body larger than this is not reused */
 
 struct exporter {
     pthread_t thread;
@@ -193,38 +194,34 @@ static int export_post(CURL *easy, const struct buf *body)
     return status == 429 || status == 502 || status == 503 || status == 504 ? 1 : -1;
 }
 
-/* The POST body for k spans, which go back to their pools once encoded; NULL data when
- * memory ran out. */
-static struct buf export_body(struct trace_span **spans, size_t k)
+/* Encodes k spans into body (the thread's, reused: a batch is written in place, with no
+ * regrowth once the first ones sized it), and hands them back to their pools. -1 when memory
+ * ran out. */
+static int export_body(struct buf *body, struct trace_span **spans, size_t k)
 {
-    struct buf body = BUF_INIT;
-    int rc = buf_puts(&body, ex.envelope);
+    buf_reset(body);
+    int rc = buf_puts(body, ex.envelope);
     for (size_t i = 0; i < k; i++) {
         if (i && rc == 0)
-            rc = buf_append(&body, ",", 1);
+            rc = buf_append(body, ",", 1);
         if (rc == 0)
-            rc = trace_span_encode(&body, spans[i]);
+            rc = trace_span_encode(body, spans[i]);
         trace_span_release(spans[i]);
     }
-    if (rc == 0)
-        rc = buf_puts(&body, "]}]}]}");
-    if (rc < 0)
-        buf_free(&body);
-    return body;
+    return rc == 0 ? buf_puts(body, "]}]}]}") : -1;
 }
 
 /* Sends k spans as one request, retrying with backoff (not once stopping); releases them. */
-static void export_batch(CURL *easy, struct trace_span **spans, size_t k)
+static void export_batch(CURL *easy, struct buf *body, struct trace_span **spans, size_t k)
 {
-    struct buf body = export_body(spans, k);
-    int rc = body.data ? export_post(easy, &body) : -1;
+    int rc = export_body(body, spans, k) == 0 ? export_post(easy, body) : -1;
     for (unsigned i = 0; rc > 0 && i < EXPORT_RETRIES; i++) {
         pthread_mutex_lock(&ex.lock);
         bool stopping = ex.stop || wait_or_stop(500u << i, false);
         pthread_mutex_unlock(&ex.lock);
         if (stopping)
             break;
-        rc = export_post(easy, &body);
+        rc = export_post(easy, body);
     }
     if (rc == 0) {
         __atomic_add_fetch(&ex.exported, k, __ATOMIC_RELAXED);
@@ -234,13 +231,15 @@ static void export_batch(CURL *easy, struct trace_span **spans, size_t k)
             log_warn("tracing: cannot export spans to %s (counted in "
                      "llmux_trace_spans_dropped_total{reason=\"export_failed\"})", ex.url);
     }
-    buf_free(&body);
+    if (body->cap > EXPORT_BODY_KEEP)
+        buf_free(body);     /* a batch of captured prompts: not kept for the next one */
 }
 
 static void *exporter_main(void *arg)
 {
     CURL *easy = curl_easy_init();
     struct trace_span **batch = calloc(ex.batch, sizeof *batch);
+    struct buf body = BUF_INIT;
     pthread_mutex_lock(&ex.lock);
     for (;;) {
         if (ex.n < ex.batch && !ex.stop)
@@ -254,7 +253,7 @@ static void *exporter_main(void *arg)
         bool stopping = ex.stop;
         pthread_mutex_unlock(&ex.lock);
         if (k && batch && easy)
-            export_batch(easy, batch, k);
+            export_batch(easy, &body, batch, k);
         else if (k && batch)
             for (size_t i = 0; i < k; i++)
                 trace_span_release(batch[i]);
@@ -263,6 +262,7 @@ static void *exporter_main(void *arg)
             break;
     }
     pthread_mutex_unlock(&ex.lock);
+    buf_free(&body);
     free(batch);
     if (easy)
         curl_easy_cleanup(easy);
