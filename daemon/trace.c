@@ -209,23 +209,23 @@ static const char *outcome_event(enum outcome o)
 
 static void server_attributes(struct trace_span *s, const struct request *r)
 {
-    trace_span_str(s, "http.request.method", r->method);
-    trace_span_str(s, "http.route", r->path);
-    trace_span_int(s, "http.response.status_code", r->status);
-    trace_span_str(s, "llmux.request_id", r->id);
-    trace_span_str(s, "llmux.key", r->key ? r->key->name : NULL);
-    trace_span_str(s, "llmux.model", r->model);
-    trace_span_str(s, "llmux.outcome", outcome_name(r->outcome));
-    trace_span_str(s, "llmux.upstream", r->upstream);
-    trace_span_int(s, "llmux.attempts", (long)r->attempts);
+    TRACE_SPAN_STR(s, "http.request.method", r->method);
+    TRACE_SPAN_STR(s, "http.route", r->path);
+    TRACE_SPAN_INT(s, "http.response.status_code", r->status);
+    TRACE_SPAN_STR(s, "llmux.request_id", r->id);
+    TRACE_SPAN_STR(s, "llmux.key", r->key ? r->key->name : NULL);
+    TRACE_SPAN_STR(s, "llmux.model", r->model);
+    TRACE_SPAN_LIT(s, "llmux.outcome", outcome_name(r->outcome));
+    TRACE_SPAN_STR(s, "llmux.upstream", r->upstream);
+    TRACE_SPAN_INT(s, "llmux.attempts", (long)r->attempts);
     if (r->usage.seen || r->usage_estimated) {
-        trace_span_int(s, "gen_ai.usage.input_tokens", r->usage.prompt);
-        trace_span_int(s, "gen_ai.usage.output_tokens", r->usage.completion);
+        TRACE_SPAN_INT(s, "gen_ai.usage.input_tokens", r->usage.prompt);
+        TRACE_SPAN_INT(s, "gen_ai.usage.output_tokens", r->usage.completion);
     }
     if (r->usage_estimated)
-        trace_span_str(s, "llmux.usage", "estimated");
+        TRACE_SPAN_LIT(s, "llmux.usage", "estimated");
     if (r->priced)
-        trace_span_double(s, "llmux.cost_usd", r->cost_usd);
+        TRACE_SPAN_DOUBLE(s, "llmux.cost_usd", r->cost_usd);
 }
 
 /* The request's own span: server (or a gather item's internal one), error status on 5xx. */
@@ -289,21 +289,21 @@ static const char *operation_name(enum endpoint ep)
 static void client_attributes(struct trace_span *s, const char *op,
                               const struct trace_attempt_info *in)
 {
-    trace_span_str(s, "gen_ai.operation.name", op);
-    trace_span_str(s, "gen_ai.system", in->system);
-    trace_span_str(s, "gen_ai.request.model", in->request_model);
-    trace_span_str(s, "gen_ai.response.model", in->response_model);
+    TRACE_SPAN_LIT(s, "gen_ai.operation.name", op);
+    TRACE_SPAN_LIT(s, "gen_ai.system", in->system);
+    TRACE_SPAN_STR(s, "gen_ai.request.model", in->request_model);
+    TRACE_SPAN_STR(s, "gen_ai.response.model", in->response_model);
     if (in->max_tokens >= 0)
-        trace_span_int(s, "gen_ai.request.max_tokens", in->max_tokens);
+        TRACE_SPAN_INT(s, "gen_ai.request.max_tokens", in->max_tokens);
     if (in->input_tokens >= 0)
-        trace_span_int(s, "gen_ai.usage.input_tokens", in->input_tokens);
+        TRACE_SPAN_INT(s, "gen_ai.usage.input_tokens", in->input_tokens);
     if (in->output_tokens >= 0)
-        trace_span_int(s, "gen_ai.usage.output_tokens", in->output_tokens);
+        TRACE_SPAN_INT(s, "gen_ai.usage.output_tokens", in->output_tokens);
     if (in->status)
-        trace_span_int(s, "http.response.status_code", in->status);
-    trace_span_str(s, "llmux.upstream", in->upstream);
-    trace_span_int(s, "llmux.attempt", (long)in->attempt);
-    trace_span_str(s, "error.type", in->error);
+        TRACE_SPAN_INT(s, "http.response.status_code", in->status);
+    TRACE_SPAN_STR(s, "llmux.upstream", in->upstream);
+    TRACE_SPAN_INT(s, "llmux.attempt", (long)in->attempt);
+    TRACE_SPAN_STR(s, "error.type", in->error);
 }
 
 void trace_attempt_end(struct request *r, struct trace_attempt *a,
@@ -325,9 +325,9 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
     s->error = text_of(s, in->error);
     client_attributes(s, op, in);
     if (r->conf->tracing.capture_content && in->prompt)
-        trace_span_content(s, "gen_ai.prompt", in->prompt, in->prompt_len, TRACE_CONTENT_MAX);
+        TRACE_SPAN_CONTENT(s, "gen_ai.prompt", in->prompt, in->prompt_len, TRACE_CONTENT_MAX);
     if (r->conf->tracing.capture_content && in->answer)
-        trace_span_content(s, "gen_ai.completion", in->answer, in->answer_len,
+        TRACE_SPAN_CONTENT(s, "gen_ai.completion", in->answer, in->answer_len,
                            TRACE_CONTENT_MAX);
     trace_export_push(s);
 }
@@ -370,27 +370,39 @@ static size_t skip_ws(const char *t, size_t n, size_t i)
     return i;
 }
 
+/* The bytes skim_members stops at: 1 opens a value, 2 closes one, 3 opens a string. */
+static const uint8_t skim_class[256] = {
+    ['{'] = 1, ['['] = 1, ['}'] = 2, [']'] = 2, ['"'] = 3,
+};
+
 /* The top-level members of JSON text t named in names (quoted, as written): where each one's
- * first value starts (at) and how often it appears (seen). One pass; strings are jumped over
- * with memchr, nested values only counted in and out. Cheaper than a member walk that parses
- * every value, which matters because it runs for every exported attempt. */
+ * first value starts (at) and how often it appears (seen); with first, it stops once every
+ * name was seen. One pass: other bytes are skipped by a table, strings jumped over with
+ * memchr, nested values only counted in and out. Several times cheaper than a member walk
+ * that parses every value, which matters because it runs for every exported attempt. */
 static void skim_members(const char *t, size_t n, const char *const *names, size_t k,
-                         size_t *at, unsigned *seen)
+                         size_t *at, unsigned *seen, bool first)
 {
-    size_t depth = 0;
+    size_t depth = 0, found = 0;
     for (size_t i = 0; i < n; i++) {
-        if (t[i] == '{' || t[i] == '[') {
-            depth++;
-        } else if (t[i] == '}' || t[i] == ']') {
-            depth--;
-        } else if (t[i] == '"') {
-            size_t end = skim_string(t, n, i), c = depth == 1 ? skip_ws(t, n, end) : n;
-            for (size_t m = 0; c < n && t[c] == ':' && m < k; m++)
-                if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i) &&
-                    !seen[m]++)
-                    at[m] = skip_ws(t, n, c + 1);
-            i = end - 1;
+        while (i < n && !skim_class[(unsigned char)t[i]])
+            i++;
+        if (i == n)
+            break;
+        uint8_t cls = skim_class[(unsigned char)t[i]];
+        if (cls != 3) {
+            depth += cls == 1 ? 1 : (size_t)-1;
+            continue;
         }
+        size_t end = skim_string(t, n, i), c = depth == 1 ? skip_ws(t, n, end) : n;
+        for (size_t m = 0; c < n && t[c] == ':' && m < k; m++)
+            if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i) &&
+                !seen[m]++) {
+                at[m] = skip_ws(t, n, c + 1);
+                if (first && ++found == k)
+                    return;
+            }
+        i = end - 1;
     }
 }
 
@@ -404,7 +416,7 @@ static long max_tokens_of(const struct buf *raw)
     unsigned seen[3] = {0, 0, 0};
     if (!raw || !raw->len)
         return -1;
-    skim_members(raw->data, raw->len, names, 3, at, seen);
+    skim_members(raw->data, raw->len, names, 3, at, seen, false);
     for (size_t m = 0; m < 3; m++)
         if (seen[m] > 1)
             return -1;
@@ -422,7 +434,7 @@ static void answer_model(const struct buf *resp, char *out, size_t cap)
     static const char *const names[] = {"\"model\""};
     size_t at = 0, n = 0;
     unsigned seen = 0;
-    skim_members(resp->data, resp->len, names, 1, &at, &seen);
+    skim_members(resp->data, resp->len, names, 1, &at, &seen, true);
     if (seen && at < resp->len && resp->data[at] == '"') {
         n = skim_string(resp->data, resp->len, at) - at - 2;
         n = n < cap ? n : 0;

@@ -175,39 +175,52 @@ struct trace_text trace_span_text2(struct trace_span *s, const char *a, const ch
     return t;
 }
 
-static struct trace_attr *attr_add(struct trace_span *s, const char *key, uint8_t type)
+static struct trace_attr *attr_add(struct trace_span *s, const char *head, size_t hlen,
+                                   uint8_t type)
 {
-    if (s->nattrs == TRACE_SPAN_ATTRS)
+    if (s->nattrs == TRACE_SPAN_ATTRS || hlen > TRACE_SPAN_HEAD_MAX)
         return NULL;
     struct trace_attr *a = &s->attrs[s->nattrs++];
-    a->key = key;
+    a->head = head;
+    a->head_len = (uint8_t)hlen;
     a->type = type;
     return a;
 }
 
-void trace_span_str(struct trace_span *s, const char *key, const char *val)
+void trace_span_str_h(struct trace_span *s, const char *head, size_t hlen, const char *val)
 {
-    struct trace_attr *a = val ? attr_add(s, key, TRACE_ATTR_STR) : NULL;
+    struct trace_attr *a = val ? attr_add(s, head, hlen, TRACE_ATTR_STR) : NULL;
     if (a)
         a->v.s = trace_span_text(s, val, strlen(val));
 }
 
-void trace_span_int(struct trace_span *s, const char *key, long v)
+void trace_span_lit_h(struct trace_span *s, const char *head, size_t hlen, const char *val)
 {
-    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_INT);
+    size_t n = val ? strlen(val) : 0;
+    struct trace_attr *a = val && n <= TRACE_SPAN_LIT_MAX ? attr_add(s, head, hlen,
+                                                                      TRACE_ATTR_LIT) : NULL;
+    if (a) {
+        a->v.lit.p = val;
+        a->v.lit.len = n;
+    }
+}
+
+void trace_span_int_h(struct trace_span *s, const char *head, size_t hlen, long v)
+{
+    struct trace_attr *a = attr_add(s, head, hlen, TRACE_ATTR_INT);
     if (a)
         a->v.i = v;
 }
 
-void trace_span_double(struct trace_span *s, const char *key, double v)
+void trace_span_double_h(struct trace_span *s, const char *head, size_t hlen, double v)
 {
-    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_DOUBLE);
+    struct trace_attr *a = attr_add(s, head, hlen, TRACE_ATTR_DOUBLE);
     if (a)
         a->v.d = v;
 }
 
-void trace_span_content(struct trace_span *s, const char *key, const char *p, size_t n,
-                        size_t max)
+void trace_span_content_h(struct trace_span *s, const char *head, size_t hlen, const char *p,
+                          size_t n, size_t max)
 {
     n = fit_utf8(p, n, max);
     if (s->content_len + n > s->content_cap) {
@@ -218,7 +231,7 @@ void trace_span_content(struct trace_span *s, const char *key, const char *p, si
         s->content = c;
         s->content_cap = cap;
     }
-    struct trace_attr *a = attr_add(s, key, TRACE_ATTR_CONTENT);
+    struct trace_attr *a = attr_add(s, head, hlen, TRACE_ATTR_CONTENT);
     if (!a)
         return;
     a->v.s = (struct trace_text){(uint16_t)s->content_len, (uint16_t)n};
@@ -234,7 +247,7 @@ void trace_span_content(struct trace_span *s, const char *key, const char *p, si
 /* Every byte the span's JSON can take: fixed parts, keys, and text at most 6x escaped. */
 static size_t span_bound(const struct trace_span *s)
 {
-    return 512 + (size_t)s->nattrs * (TRACE_SPAN_KEY_MAX + 64) +
+    return 512 + (size_t)s->nattrs * (TRACE_SPAN_HEAD_MAX + TRACE_SPAN_LIT_MAX + 40) +
            6 * ((size_t)s->text_len + s->content_len);
 }
 
@@ -248,27 +261,53 @@ static char *put_hex(char *w, const uint8_t *p, size_t n)
     return w;
 }
 
-static char *put_u64(char *w, uint64_t v)
+static const char digit_pairs[] = "000102030405060708091011121314151617181920212223242526272829"
+                                  "303132333435363738394041424344454647484950515253545556575859"
+                                  "606162636465666768697071727374757677787980818283848586878889"
+                                  "90919293949596979899";
+
+/* Exactly eight digits of v (< 10^8), zero-padded, with 32-bit arithmetic. */
+static char *put_8digits(char *w, uint32_t v)
 {
-    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
-                                "31323334353637383940414243444546474849505152535455565758596061"
-                                "62636465666768697071727374757677787980818283848586878889909192"
-                                "939495969798990";
-    char tmp[24];
-    size_t i = sizeof tmp;
-    while (v >= 100) {          /* two digits a division: timestamps have nineteen */
-        i -= 2;
-        memcpy(tmp + i, pairs + 2 * (v % 100), 2);
+    for (int i = 6; i >= 0; i -= 2) {
+        memcpy(w + i, digit_pairs + 2 * (v % 100), 2);
         v /= 100;
     }
-    if (v >= 10) {
-        i -= 2;
-        memcpy(tmp + i, pairs + 2 * v, 2);
-    } else {
-        tmp[--i] = (char)('0' + v);
+    return w + 8;
+}
+
+/* Decimal digits of v, written from the right two at a time. */
+static char *put_u32(char *w, uint32_t v)
+{
+    size_t d = v < 10 ? 1 : v < 100 ? 2 : v < 1000 ? 3 : v < 10000 ? 4 : v < 100000 ? 5
+             : v < 1000000 ? 6 : v < 10000000 ? 7 : v < 100000000 ? 8 : v < 1000000000 ? 9
+             : 10;
+    char *p = w + d;
+    while (v >= 100) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * (v % 100), 2);
+        v /= 100;
     }
-    memcpy(w, tmp + i, sizeof tmp - i);
-    return w + (sizeof tmp - i);
+    if (v >= 10)
+        memcpy(p - 2, digit_pairs + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
+    return w + d;
+}
+
+/* In 8-digit groups: a nanosecond timestamp (19 digits) costs three 64-bit divisions. */
+static char *put_u64(char *w, uint64_t v)
+{
+    if (v <= UINT32_MAX)
+        return put_u32(w, (uint32_t)v);
+    uint64_t hi = v / 100000000u;
+    if (hi <= UINT32_MAX) {
+        w = put_u32(w, (uint32_t)hi);
+    } else {
+        w = put_u32(w, (uint32_t)(hi / 100000000u));
+        w = put_8digits(w, (uint32_t)(hi % 100000000u));
+    }
+    return put_8digits(w, (uint32_t)(v % 100000000u));
 }
 
 static char *put_i64(char *w, int64_t v)
@@ -303,8 +342,18 @@ static const uint8_t json_plain[256] = {
 static char *put_esc(char *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+        /* four plain bytes at a time: attribute text rarely needs an escape */
+        while (i + 4 <= n && json_plain[u[i]] & json_plain[u[i + 1]] & json_plain[u[i + 2]] &
+                                 json_plain[u[i + 3]]) {
+            memcpy(w, s + i, 4);
+            w += 4;
+            i += 4;
+        }
+        if (i == n)
+            break;
+        unsigned char c = u[i];
         if (json_plain[c]) {
             *w++ = (char)c;
             continue;
@@ -330,25 +379,23 @@ static char *put_text(char *w, const struct trace_span *s, struct trace_text t)
 
 static char *put_attr(char *w, const struct trace_span *s, const struct trace_attr *a)
 {
-    w = PUT(w, "{\"key\":\"");
-    size_t klen = strlen(a->key);
-    memcpy(w, a->key, klen);
-    w += klen;
+    memcpy(w, a->head, a->head_len);
+    w += a->head_len;
     switch (a->type) {
     case TRACE_ATTR_INT:
-        w = PUT(w, "\",\"value\":{\"intValue\":\"");
         w = put_i64(w, a->v.i);
         return PUT(w, "\"}}");
     case TRACE_ATTR_DOUBLE:
-        w = PUT(w, "\",\"value\":{\"doubleValue\":");
         w += snprintf(w, 32, "%.10g", a->v.d);
         return PUT(w, "}}");
+    case TRACE_ATTR_LIT:
+        memcpy(w, a->v.lit.p, a->v.lit.len);
+        w += a->v.lit.len;
+        return PUT(w, "\"}}");
     case TRACE_ATTR_CONTENT:
-        w = PUT(w, "\",\"value\":{\"stringValue\":\"");
         w = put_esc(w, s->content + a->v.s.off, a->v.s.len);
         return PUT(w, "\"}}");
     default:
-        w = PUT(w, "\",\"value\":{\"stringValue\":\"");
         w = put_text(w, s, a->v.s);
         return PUT(w, "\"}}");
     }

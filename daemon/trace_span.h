@@ -14,23 +14,35 @@
 
 #define TRACE_SPAN_ATTRS 16     /* attributes a span can carry (server 13, client 13) */
 #define TRACE_SPAN_TEXT 1280    /* bytes of attribute text; what does not fit is truncated */
-#define TRACE_SPAN_KEY_MAX 48   /* attribute keys are string literals at most this long */
+#define TRACE_SPAN_HEAD_MAX 96  /* an attribute's JSON head (TRACE_ATTR_HEAD) at most */
+#define TRACE_SPAN_LIT_MAX 64   /* a literal value (TRACE_SPAN_LIT) at most */
 
 enum trace_kind { TRACE_KIND_INTERNAL = 1, TRACE_KIND_SERVER = 2, TRACE_KIND_CLIENT = 3 };
-enum trace_attr_type { TRACE_ATTR_STR, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRACE_ATTR_CONTENT };
+enum trace_attr_type {
+    TRACE_ATTR_STR, TRACE_ATTR_LIT, TRACE_ATTR_INT, TRACE_ATTR_DOUBLE, TRACE_ATTR_CONTENT
+};
 
 /* A slice of the span's text (or, for TRACE_ATTR_CONTENT, of its content); len 0: none. */
 struct trace_text {
     uint16_t off, len;
 };
 
+/* An attribute's OTLP JSON up to its value, put together from a literal key at build time so
+ * the exporter writes it with one copy. */
+#define TRACE_ATTR_HEAD(key, type) "{\"key\":\"" key "\",\"value\":{\"" type "\":"
+#define TRACE_LIT_LEN(lit) (lit), (sizeof(lit) - 1)
+
 struct trace_attr {
-    const char *key;            /* a string literal: outlives the span */
-    uint8_t type;
+    const char *head;           /* TRACE_ATTR_HEAD(…), a literal: outlives the span */
+    uint8_t head_len, type;
     union {
         int64_t i;
         double d;
         struct trace_text s;
+        struct {
+            const char *p;      /* TRACE_ATTR_LIT: a static string, JSON-plain */
+            size_t len;
+        } lit;
     } v;
 };
 
@@ -58,13 +70,27 @@ void trace_span_release(struct trace_span *s);
 struct trace_text trace_span_text(struct trace_span *s, const char *p, size_t n);
 struct trace_text trace_span_text2(struct trace_span *s, const char *a, const char *b);
 
-/* Attributes; a NULL string value adds nothing. */
-void trace_span_str(struct trace_span *s, const char *key, const char *val);
-void trace_span_int(struct trace_span *s, const char *key, long v);
-void trace_span_double(struct trace_span *s, const char *key, double v);
-/* Prompt or answer text (at most max bytes), kept in the span's content buffer. */
-void trace_span_content(struct trace_span *s, const char *key, const char *p, size_t n,
-                        size_t max);
+/* Attributes, by a literal key; a NULL string value adds nothing. STR copies and escapes its
+ * value; LIT keeps a pointer to a static string that needs no escaping (outcome names, the
+ * operation, the provider); CONTENT keeps at most max bytes of prompt or answer text. */
+#define TRACE_SPAN_STR(s, key, val) \
+    trace_span_str_h((s), TRACE_LIT_LEN(TRACE_ATTR_HEAD(key, "stringValue") "\""), (val))
+#define TRACE_SPAN_LIT(s, key, val) \
+    trace_span_lit_h((s), TRACE_LIT_LEN(TRACE_ATTR_HEAD(key, "stringValue") "\""), (val))
+#define TRACE_SPAN_INT(s, key, v) \
+    trace_span_int_h((s), TRACE_LIT_LEN(TRACE_ATTR_HEAD(key, "intValue") "\""), (v))
+#define TRACE_SPAN_DOUBLE(s, key, v) \
+    trace_span_double_h((s), TRACE_LIT_LEN(TRACE_ATTR_HEAD(key, "doubleValue")), (v))
+#define TRACE_SPAN_CONTENT(s, key, p, n, max) \
+    trace_span_content_h((s), TRACE_LIT_LEN(TRACE_ATTR_HEAD(key, "stringValue") "\""), (p), \
+                         (n), (max))
+
+void trace_span_str_h(struct trace_span *s, const char *head, size_t hlen, const char *val);
+void trace_span_lit_h(struct trace_span *s, const char *head, size_t hlen, const char *val);
+void trace_span_int_h(struct trace_span *s, const char *head, size_t hlen, long v);
+void trace_span_double_h(struct trace_span *s, const char *head, size_t hlen, double v);
+void trace_span_content_h(struct trace_span *s, const char *head, size_t hlen, const char *p,
+                          size_t n, size_t max);
 
 /* Appends the span as one OTLP JSON span object. -1 when memory runs out (b unchanged). */
 int trace_span_encode(struct buf *b, const struct trace_span *s);

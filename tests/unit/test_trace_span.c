@@ -52,11 +52,15 @@ static void test_encode_child_span(void **state)
     s->name = trace_span_text2(s, "chat", "gpt-4o");
     s->event = trace_span_text(s, "deadline_exceeded", 17);
     s->error = trace_span_text(s, "504", 3);
-    trace_span_str(s, "tricky", "q\"b\\n\nt\tc\x01 d\x7f \xc3\xa9");
-    trace_span_int(s, "neg", -42);
-    trace_span_double(s, "cost", 0.00125);
-    trace_span_str(s, "none", NULL);       /* adds nothing */
-    trace_span_content(s, "gen_ai.prompt", "hello world", 11, 5);
+    TRACE_SPAN_STR(s, "tricky", "q\"b\\n\nt\tc\x01 d\x7f \xc3\xa9");
+    TRACE_SPAN_INT(s, "neg", -42);
+    TRACE_SPAN_INT(s, "n8", 99999999);          /* the 8-digit group boundaries */
+    TRACE_SPAN_INT(s, "n9", 100000000);
+    TRACE_SPAN_INT(s, "n17", 10000000000000005);
+    TRACE_SPAN_DOUBLE(s, "cost", 0.00125);
+    TRACE_SPAN_STR(s, "none", NULL);       /* adds nothing */
+    TRACE_SPAN_LIT(s, "lit", "completed");
+    TRACE_SPAN_CONTENT(s, "gen_ai.prompt", "hello world", 11, 5);
     json_t *j = encode(s);
     assert_string_equal(json_string_value(json_object_get(j, "traceId")),
                         "abababababababababababababababab");
@@ -73,10 +77,14 @@ static void test_encode_child_span(void **state)
     assert_string_equal(attr(j, "tricky", "stringValue"),
                         "q\"b\\n\nt\tc\x01 d\x7f \xc3\xa9");
     assert_string_equal(attr(j, "neg", "intValue"), "-42");
+    assert_string_equal(attr(j, "n8", "intValue"), "99999999");
+    assert_string_equal(attr(j, "n9", "intValue"), "100000000");
+    assert_string_equal(attr(j, "n17", "intValue"), "10000000000000005");
     char *cost = (char *)attr(j, "cost", "doubleValue");
     assert_string_equal(cost, "0.00125");
     free(cost);
     assert_null(attr(j, "none", "stringValue"));
+    assert_string_equal(attr(j, "lit", "stringValue"), "completed");
     assert_string_equal(attr(j, "gen_ai.prompt", "stringValue"), "hello");
     json_t *ev = json_array_get(json_object_get(j, "events"), 0);
     assert_string_equal(json_string_value(json_object_get(ev, "name")), "deadline_exceeded");
@@ -97,7 +105,7 @@ static void test_encode_root_span(void **state)
     memset(s->span_id, 0x22, 8);
     s->kind = TRACE_KIND_SERVER;
     s->name = trace_span_text2(s, "POST", "/v1/chat/completions");
-    trace_span_int(s, "zero", 0);
+    TRACE_SPAN_INT(s, "zero", 0);
     json_t *j = encode(s);
     assert_null(json_object_get(j, "parentSpanId"));
     assert_null(json_object_get(j, "traceState"));
@@ -122,7 +130,7 @@ static void test_text_cut_to_fit(void **state)
     memset(s->span_id, 2, 8);
     s->name = trace_span_text(s, "x", 1);
     for (int i = 0; i < TRACE_SPAN_ATTRS + 4; i++)
-        trace_span_str(s, "k", i == 0 ? big : "v");
+        TRACE_SPAN_STR(s, "k", i == 0 ? big : "v");
     assert_true(s->text_len <= TRACE_SPAN_TEXT);
     assert_int_equal(s->nattrs, TRACE_SPAN_ATTRS);
     json_t *j = encode(s);                              /* valid UTF-8 throughout */
