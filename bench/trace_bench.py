@@ -13,13 +13,13 @@ request. Rows, each against a fresh mock and daemon (workers 1, no access log):
 … each not streamed and streamed (10 chunks). Two measures:
 
   instr  instructions per request, all llmuxd threads, counted by valgrind's callgrind over
-         --requests requests after a warm-up (load-independent: the figure to compare on a
-         shared box; a row takes ~10 s)
+         --requests requests from --instr-clients clients after a warm-up (load-independent:
+         the figure to compare on a shared box; a row takes ~20 s)
   cpu    llmuxd CPU-ms per 1,000 requests (utime+stime) under --clients keep-alive clients for
          --seconds, native; rows alternate within each of --runs runs, median shown
 
   python3 bench/trace_bench.py [--build build] [--mode instr,cpu] [--requests 1000]
-                               [--seconds 3] [--clients 8] [--runs 3]
+                               [--instr-clients 1] [--seconds 3] [--clients 8] [--runs 3]
 Bounded: instr ~ 8 rows x (start + --requests under callgrind); cpu = runs x 8 x --seconds.
 """
 import argparse
@@ -66,6 +66,9 @@ ROWS = [("off", None, True), ("off + 1 header", "hdr", True), ("ratio 0.0", "0.0
 NO_REP_STRINGS = ("glibc.cpu.x86_rep_movsb_threshold=%d:glibc.cpu.x86_rep_stosb_threshold=%d"
                   % (1 << 40, 1 << 40))
 EXTRA_VG = os.environ.get("TRACE_BENCH_VG", "").split()
+# Warm-up requests before counting: over two batches of spans (2 x 512), so each worker's pool
+# holds what one batch cycle needs and the count sees the steady state, not the pools filling.
+WARM_UP = 600
 FLUSH_S = 3.5                           # batch_delay and a margin
 
 
@@ -127,7 +130,7 @@ def instr_row(build, text, path, body, requests, clients, keep=None):
                             env=dict(os.environ, GLIBC_TUNABLES=NO_REP_STRINGS))
     try:
         harness.wait_port(port, proc, timeout=60)
-        post_parallel(port, path, body, 100, clients)
+        post_parallel(port, path, body, WARM_UP, clients)
         time.sleep(FLUSH_S)             # the warm-up's spans exported before counting
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,15 +153,15 @@ def instr_row(build, text, path, body, requests, clients, keep=None):
 
 
 def mode_instr(a, rx, dead):
-    print("instructions per request (callgrind, all llmuxd threads, %d requests, %d clients)"
-          % (a.requests, a.clients))
+    print("instructions per request (callgrind, all llmuxd threads, %d requests, %d client%s)"
+          % (a.requests, a.instr_clients, "" if a.instr_clients == 1 else "s"))
     print("%-16s %8s %14s %9s" % ("row", "stream", "instr/req", "vs off"))
     for stream in (False, True):
         path, body = mb.chat(stream)
         off = None
         for name, ratio, alive in ROWS:
             v = instr_row(a.build, config(ratio, rx.port if alive else dead), path, body,
-                          a.requests, a.clients)
+                          a.requests, a.instr_clients)
             rx.clear()
             off = off or v
             print("%-16s %8s %14.0f %+8.1f%%" % (name, "yes" if stream else "no", v,
@@ -198,6 +201,8 @@ def main():
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--instr-clients", type=int, default=1,
+                    help="clients in instr mode (1: every request takes the same path)")
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     rx = OtlpReceiver()

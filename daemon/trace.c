@@ -42,11 +42,8 @@ void trace_random_id(uint8_t *out, size_t n)
 
 void trace_hex(char *out, const uint8_t *p, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, trace_hex_pairs + 2 * p[i], 2);
     out[2 * n] = '\0';
 }
 

@@ -108,6 +108,7 @@ int trace_export_start(const struct conf *c)
     ex.batch = c->tracing.batch_size;
     ex.delay_ms = c->tracing.batch_delay_ms;
     ex.q = calloc(ex.cap, sizeof *ex.q);
+    trace_pools_keep(2 * ex.batch < ex.cap ? 2 * ex.batch : ex.cap);
     ex.stop = false;
     if (!ex.url || !ex.envelope || !ex.q || pthread_create(&ex.thread, NULL, exporter_main, NULL)) {
         log_error("tracing: cannot start the exporter thread; traces are off");

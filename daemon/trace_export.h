@@ -1,7 +1,8 @@
 /* trace_export: the OTLP/HTTP JSON exporter — one helper thread that batches the span records
  * workers hand it (by size and delay), encodes them and POSTs them to
- * {tracing.endpoint}/v1/traces with libcurl, retrying with backoff. Workers never wait on it: the queue is bounded and a span that finds
- * it full is dropped and counted. Process-wide, like the log writer. */
+ * {tracing.endpoint}/v1/traces with libcurl, retrying with backoff. Workers never wait on it:
+ * the queue is bounded and a span that finds it full is dropped and counted. Process-wide,
+ * like the log writer. */
 #ifndef LLMUX_TRACE_EXPORT_H
 #define LLMUX_TRACE_EXPORT_H
 

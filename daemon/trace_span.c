@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TRACE_POOL_KEEP 256     /* spans a thread keeps free; more handed back are freed */
 #define TRACE_POOL_TRACES 64    /* struct trace kept free per thread */
 
 /* One per thread that makes spans. free and traces are the owner's alone; returned is pushed
@@ -22,6 +21,7 @@ struct trace_pool {
 };
 
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned pool_keep = 1024;       /* spans a thread keeps free (trace_pools_keep) */
 static struct trace_pool *pools;
 static unsigned pools_gen = 1;          /* bumped when the pools are freed */
 static __thread struct trace_pool *my_pool;
@@ -44,13 +44,13 @@ static struct trace_pool *pool_mine(void)
     return p;
 }
 
-/* What the exporter handed back becomes free again, up to TRACE_POOL_KEEP. */
+/* What the exporter handed back becomes free again, up to pool_keep; the rest is freed. */
 static void pool_take_returned(struct trace_pool *p)
 {
     struct trace_span *s = __atomic_exchange_n(&p->returned, NULL, __ATOMIC_ACQUIRE);
     while (s) {
         struct trace_span *next = s->next;
-        if (p->nfree < TRACE_POOL_KEEP) {
+        if (p->nfree < pool_keep) {
             s->next = p->free;
             p->free = s;
             p->nfree++;
@@ -120,6 +120,11 @@ void trace_pool_trace_free(struct trace *t)
     t->next_free = p->traces;
     p->traces = t;
     p->ntraces++;
+}
+
+void trace_pools_keep(unsigned spans)
+{
+    pool_keep = spans;
 }
 
 void trace_pools_free(void)
@@ -251,20 +256,27 @@ static size_t span_bound(const struct trace_span *s)
            6 * ((size_t)s->text_len + s->content_len);
 }
 
+const char trace_hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
 static char *put_hex(char *w, const uint8_t *p, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        *w++ = digits[p[i] >> 4];
-        *w++ = digits[p[i] & 15];
-    }
+    for (size_t i = 0; i < n; i++, w += 2)
+        memcpy(w, trace_hex_pairs + 2 * p[i], 2);
     return w;
 }
 
 static const char digit_pairs[] = "000102030405060708091011121314151617181920212223242526272829"
-                                  "303132333435363738394041424344454647484950515253545556575859"
-                                  "606162636465666768697071727374757677787980818283848586878889"
-                                  "90919293949596979899";
+                                     "303132333435363738394041424344454647484950515253545556575859"
+                                     "606162636465666768697071727374757677787980818283848586878889"
+                                     "90919293949596979899";
 
 /* Exactly eight digits of v (< 10^8), zero-padded, with 32-bit arithmetic. */
 static char *put_8digits(char *w, uint32_t v)

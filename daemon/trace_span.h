@@ -62,6 +62,9 @@ struct trace_span {
     char text[TRACE_SPAN_TEXT];
 };
 
+/* "000102…ff": a byte's two lower-case hex digits at [2 * byte]. */
+extern const char trace_hex_pairs[513];
+
 /* A span from this thread's pool, its header reset; NULL when memory runs out. */
 struct trace_span *trace_span_new(void);
 /* Back to the pool it came from; any thread may call it (the exporter does). */
@@ -98,6 +101,9 @@ int trace_span_encode(struct buf *b, const struct trace_span *s);
 /* A request's trace from this thread's cache (zeroed), and back. */
 struct trace *trace_pool_trace(void);
 void trace_pool_trace_free(struct trace *t);
+/* How many free spans a thread's pool keeps (set before any is made): a batch comes back at
+ * once, so fewer than two batches' worth would send every other span back to malloc. */
+void trace_pools_keep(unsigned spans);
 /* Frees every pool and what they hold; only once no thread makes or holds spans any more. */
 void trace_pools_free(void);
 
