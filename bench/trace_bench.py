@@ -19,7 +19,8 @@ request. Rows, each against a fresh mock and daemon (workers 1, no access log):
          --seconds, native; rows alternate within each of --runs runs, median shown
 
   python3 bench/trace_bench.py [--build build] [--mode instr,cpu] [--requests 1000]
-                               [--instr-clients 1] [--seconds 3] [--clients 8] [--runs 3]
+                               [--instr-runs 1] [--instr-clients 1] [--seconds 3]
+                               [--clients 8] [--runs 3]
 Bounded: instr ~ 8 rows x (start + --requests under callgrind); cpu = runs x 8 x --seconds.
 """
 import argparse
@@ -160,12 +161,17 @@ def mode_instr(a, rx, dead):
         path, body = mb.chat(stream)
         off = None
         for name, ratio, alive in ROWS:
-            v = instr_row(a.build, config(ratio, rx.port if alive else dead), path, body,
-                          a.requests, a.instr_clients)
-            rx.clear()
+            runs = []
+            for _ in range(a.instr_runs):
+                runs.append(instr_row(a.build, config(ratio, rx.port if alive else dead), path,
+                                      body, a.requests, a.instr_clients))
+                rx.clear()
+            v = statistics.median(runs)
             off = off or v
-            print("%-16s %8s %14.0f %+8.1f%%" % (name, "yes" if stream else "no", v,
-                                                (v / off - 1) * 100), flush=True)
+            print("%-16s %8s %14.0f %+8.1f%% %s" % (
+                name, "yes" if stream else "no", v, (v / off - 1) * 100,
+                "(" + ", ".join("%.0f" % x for x in runs) + ")" if len(runs) > 1 else ""),
+                flush=True)
 
 
 def mode_cpu(a, rx, dead):
@@ -201,6 +207,7 @@ def main():
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--instr-runs", type=int, default=1, help="instr mode: median of these")
     ap.add_argument("--instr-clients", type=int, default=1,
                     help="clients in instr mode (1: every request takes the same path)")
     ap.add_argument("--runs", type=int, default=3)
