@@ -50,7 +50,7 @@ static void pool_take_returned(struct trace_pool *p)
     struct trace_span *s = __atomic_exchange_n(&p->returned, NULL, __ATOMIC_ACQUIRE);
     while (s) {
         struct trace_span *next = s->next;
-        if (p->nfree < pool_keep) {
+        if (p->nfree < __atomic_load_n(&pool_keep, __ATOMIC_RELAXED)) {
             s->next = p->free;
             p->free = s;
             p->nfree++;
@@ -78,7 +78,6 @@ struct trace_span *trace_span_new(void)
     /* the header only: text and attributes are written before they are read */
     memset(s, 0, offsetof(struct trace_span, attrs));
     s->pool = p;
-    s->nattrs = 0;
     s->content = NULL;
     s->content_len = s->content_cap = 0;
     s->text_len = 0;
@@ -124,7 +123,7 @@ void trace_pool_trace_free(struct trace *t)
 
 void trace_pools_keep(unsigned spans)
 {
-    pool_keep = spans;
+    __atomic_store_n(&pool_keep, spans, __ATOMIC_RELAXED);
 }
 
 void trace_pools_free(void)
@@ -227,6 +226,8 @@ void trace_span_double_h(struct trace_span *s, const char *head, size_t hlen, do
 void trace_span_content_h(struct trace_span *s, const char *head, size_t hlen, const char *p,
                           size_t n, size_t max)
 {
+    if (max > UINT16_MAX - s->content_len)
+        max = UINT16_MAX - s->content_len;     /* offsets are 16 bits */
     n = fit_utf8(p, n, max);
     if (s->content_len + n > s->content_cap) {
         size_t cap = s->content_len + n;
@@ -249,7 +250,8 @@ void trace_span_content_h(struct trace_span *s, const char *head, size_t hlen, c
 /* Writers into room reserved up front by span_bound: no per-piece checks. */
 #define PUT(w, lit) (memcpy((w), (lit), sizeof(lit) - 1), (w) + sizeof(lit) - 1)
 
-/* Every byte the span's JSON can take: fixed parts, keys, and text at most 6x escaped. */
+/* Every byte the span's JSON can take: fixed parts, attribute heads and values, and text at
+ * most 6x escaped. */
 static size_t span_bound(const struct trace_span *s)
 {
     return 512 + (size_t)s->nattrs * (TRACE_SPAN_HEAD_MAX + TRACE_SPAN_LIT_MAX + 40) +
