@@ -1,5 +1,5 @@
-/* trace: W3C Trace Context and the spans of a request and its upstream attempts, written as
- * OTLP JSON span objects for the exporter thread. */
+/* trace: W3C Trace Context and the spans of a request and its upstream attempts, recorded as
+ * span records (trace_span.c) for the exporter thread to encode. */
 #include "daemon/trace.h"
 
 #include <stdio.h>
@@ -9,14 +9,12 @@
 
 #include <ev.h>
 
-#include "common/json_scan.h"
 #include "daemon/http_parser.h"
 #include "daemon/request.h"
 #include "daemon/trace_export.h"
+#include "daemon/trace_span.h"
 
 #define TRACE_CONTENT_MAX 8192      /* bytes of prompt/answer text a span may carry */
-
-enum span_kind { SPAN_INTERNAL = 1, SPAN_SERVER = 2, SPAN_CLIENT = 3 };
 
 static __thread uint64_t rng_state;
 
@@ -44,11 +42,8 @@ void trace_random_id(uint8_t *out, size_t n)
 
 void trace_hex(char *out, const uint8_t *p, size_t n)
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, trace_hex_pairs + 2 * p[i], 2);
     out[2 * n] = '\0';
 }
 
@@ -129,7 +124,7 @@ void trace_begin(struct request *r, const struct http_head *head, const struct t
 {
     if (r->trace || !trace_on(r))
         return;
-    struct trace *t = calloc(1, sizeof *t);
+    struct trace *t = trace_pool_trace();
     if (!t)
         return;     /* the request goes untraced rather than failing */
     bool have = false;
@@ -157,143 +152,45 @@ void trace_begin(struct request *r, const struct http_head *head, const struct t
         trace_random_id(t->trace_id, sizeof t->trace_id);
         t->sampled = trace_sample_root(t->trace_id, r->conf->tracing.sample_ratio);
     }
-    t->tracestate = state ? strndup(state, state_len) : NULL;
+    if (state) {    /* at most TRACE_STATE_MAX: checked by trace_state_ok, or the parent's */
+        memcpy(t->state_buf, state, state_len);
+        t->state_buf[state_len] = '\0';
+        t->tracestate = t->state_buf;
+    }
     trace_random_id(t->span_id, sizeof t->span_id);
     t->start = ev_time();
     r->trace = t;
 }
 
-/* Spans are written with appends, not printf: this runs twice per traced request. */
-static void put_u64(struct buf *b, uint64_t v)
+static uint64_t unix_ns(double t)
 {
-    char tmp[24];
-    size_t i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    buf_append(b, tmp + i, sizeof tmp - i);
+    return (uint64_t)(t * 1e9);
 }
 
-static void put_i64(struct buf *b, long v)
+static struct trace_text text_of(struct trace_span *s, const char *str)
 {
-    if (v < 0) {
-        buf_append(b, "-", 1);
-        put_u64(b, (uint64_t)0 - (uint64_t)v);
-    } else {
-        put_u64(b, (uint64_t)v);
+    return str ? trace_span_text(s, str, strlen(str)) : (struct trace_text){0, 0};
+}
+
+/* A span record of t's trace, with its ids, times, tracestate, event and error (text first,
+ * so attributes are what a full record cuts). NULL, counted as dropped, without memory. */
+static struct trace_span *span_begin(const struct trace *t, const uint8_t *span_id,
+                                     const uint8_t *parent, enum trace_kind kind,
+                                     double start, double end)
+{
+    struct trace_span *s = trace_span_new();
+    if (!s) {
+        trace_export_drop();
+        return NULL;
     }
-}
-
-static void put_key(struct buf *b, const char *key, const char *type)
-{
-    buf_puts(b, "{\"key\":\"");
-    buf_puts(b, key);
-    buf_puts(b, "\",\"value\":{\"");
-    buf_puts(b, type);
-    buf_puts(b, "\":");
-}
-
-static void put_comma(struct buf *b)
-{
-    char last = b->len ? b->data[b->len - 1] : '[';
-    if (last != '[' && last != '{')
-        buf_puts(b, ",");
-}
-
-static void put_str(struct buf *b, const char *s, size_t n)
-{
-    buf_puts(b, "\"");
-    buf_json_escape(b, s, n);
-    buf_puts(b, "\"");
-}
-
-static void attr_str(struct buf *b, const char *key, const char *val)
-{
-    if (!val)
-        return;
-    put_comma(b);
-    put_key(b, key, "stringValue");
-    put_str(b, val, strlen(val));
-    buf_puts(b, "}}");
-}
-
-static void attr_text(struct buf *b, const char *key, const char *val, size_t n)
-{
-    put_comma(b);
-    put_key(b, key, "stringValue");
-    put_str(b, val, n < TRACE_CONTENT_MAX ? n : TRACE_CONTENT_MAX);
-    buf_puts(b, "}}");
-}
-
-static void attr_int(struct buf *b, const char *key, long v)
-{
-    put_comma(b);
-    put_key(b, key, "intValue");
-    buf_puts(b, "\"");
-    put_i64(b, v);
-    buf_puts(b, "\"}}");
-}
-
-static void attr_double(struct buf *b, const char *key, double v)
-{
-    put_comma(b);
-    buf_printf(b, "{\"key\":\"%s\",\"value\":{\"doubleValue\":%.10g}}", key, v);
-}
-
-/* {"traceId",…,"attributes":[ — the caller adds attributes, then span_close. */
-static void span_open(struct buf *b, const struct trace *t, const uint8_t *span_id,
-                      const uint8_t *parent, const char *name, enum span_kind kind,
-                      double start, double end)
-{
-    char tid[33], sid[17], pid[17];
-    trace_hex(tid, t->trace_id, 16);
-    trace_hex(sid, span_id, 8);
-    buf_reserve(b, 2048);
-    buf_puts(b, "{\"traceId\":\"");
-    buf_append(b, tid, 32);
-    buf_puts(b, "\",\"spanId\":\"");
-    buf_append(b, sid, 16);
-    buf_puts(b, "\",");
-    if (memcmp(parent, "\0\0\0\0\0\0\0\0", 8)) {
-        trace_hex(pid, parent, 8);
-        buf_puts(b, "\"parentSpanId\":\"");
-        buf_append(b, pid, 16);
-        buf_puts(b, "\",");
-    }
-    if (t->tracestate) {
-        buf_puts(b, "\"traceState\":");
-        put_str(b, t->tracestate, strlen(t->tracestate));
-        buf_puts(b, ",");
-    }
-    buf_puts(b, "\"name\":");
-    put_str(b, name, strlen(name));
-    buf_puts(b, ",\"kind\":");
-    put_u64(b, (uint64_t)kind);
-    buf_puts(b, ",\"startTimeUnixNano\":\"");
-    put_u64(b, (uint64_t)(start * 1e9));
-    buf_puts(b, "\",\"endTimeUnixNano\":\"");
-    put_u64(b, (uint64_t)(end * 1e9));
-    buf_puts(b, "\",\"attributes\":[");
-}
-
-/* Ends the attributes; an event (when named) at end; status error when error is set. */
-static void span_close(struct buf *b, const char *event, double at, const char *error)
-{
-    buf_puts(b, "],\"events\":[");
-    if (event) {
-        buf_puts(b, "{\"timeUnixNano\":\"");
-        put_u64(b, (uint64_t)(at * 1e9));
-        buf_puts(b, "\",\"name\":\"");
-        buf_puts(b, event);
-        buf_puts(b, "\"}");
-    }
-    buf_puts(b, "],\"status\":{");
-    if (error) {
-        buf_puts(b, "\"code\":2,\"message\":");
-        put_str(b, error, strlen(error));
-    }
-    buf_puts(b, "}}");
+    memcpy(s->trace_id, t->trace_id, sizeof s->trace_id);
+    memcpy(s->span_id, span_id, sizeof s->span_id);
+    memcpy(s->parent_id, parent, sizeof s->parent_id);
+    s->kind = (uint8_t)kind;
+    s->start_ns = unix_ns(start);
+    s->end_ns = unix_ns(end);
+    s->state = text_of(s, t->tracestate);
+    return s;
 }
 
 static const char *outcome_event(enum outcome o)
@@ -307,25 +204,44 @@ static const char *outcome_event(enum outcome o)
     }
 }
 
-static void server_attributes(struct buf *b, const struct request *r)
+static void server_attributes(struct trace_span *s, const struct request *r)
 {
-    attr_str(b, "http.request.method", r->method);
-    attr_str(b, "http.route", r->path);
-    attr_int(b, "http.response.status_code", r->status);
-    attr_str(b, "llmux.request_id", r->id);
-    attr_str(b, "llmux.key", r->key ? r->key->name : NULL);
-    attr_str(b, "llmux.model", r->model);
-    attr_str(b, "llmux.outcome", outcome_name(r->outcome));
-    attr_str(b, "llmux.upstream", r->upstream);
-    attr_int(b, "llmux.attempts", (long)r->attempts);
+    TRACE_SPAN_STR(s, "http.request.method", r->method);
+    TRACE_SPAN_STR(s, "http.route", r->path);
+    TRACE_SPAN_INT(s, "http.response.status_code", r->status);
+    TRACE_SPAN_STR(s, "llmux.request_id", r->id);
+    TRACE_SPAN_STR(s, "llmux.key", r->key ? r->key->name : NULL);
+    TRACE_SPAN_STR(s, "llmux.model", r->model);
+    TRACE_SPAN_LIT(s, "llmux.outcome", outcome_name(r->outcome));
+    TRACE_SPAN_STR(s, "llmux.upstream", r->upstream);
+    TRACE_SPAN_INT(s, "llmux.attempts", (long)r->attempts);
     if (r->usage.seen || r->usage_estimated) {
-        attr_int(b, "gen_ai.usage.input_tokens", r->usage.prompt);
-        attr_int(b, "gen_ai.usage.output_tokens", r->usage.completion);
+        TRACE_SPAN_INT(s, "gen_ai.usage.input_tokens", r->usage.prompt);
+        TRACE_SPAN_INT(s, "gen_ai.usage.output_tokens", r->usage.completion);
     }
     if (r->usage_estimated)
-        attr_str(b, "llmux.usage", "estimated");
+        TRACE_SPAN_LIT(s, "llmux.usage", "estimated");
     if (r->priced)
-        attr_double(b, "llmux.cost_usd", r->cost_usd);
+        TRACE_SPAN_DOUBLE(s, "llmux.cost_usd", r->cost_usd);
+}
+
+/* The request's own span: server (or a gather item's internal one), error status on 5xx. */
+static void server_span(const struct request *r, const struct trace *t)
+{
+    struct trace_span *s = span_begin(t, t->span_id, t->parent_id,
+                                      t->child ? TRACE_KIND_INTERNAL : TRACE_KIND_SERVER,
+                                      t->start, ev_time());
+    if (!s)
+        return;
+    s->name = trace_span_text2(s, r->method, r->path);
+    s->event = text_of(s, outcome_event(r->outcome));
+    if (r->status >= 500) {
+        char err[24];
+        int n = snprintf(err, sizeof err, "%d", r->status);
+        s->error = trace_span_text(s, err, (size_t)n);
+    }
+    server_attributes(s, r);
+    trace_export_push(s);
 }
 
 void trace_end(struct request *r)
@@ -334,36 +250,27 @@ void trace_end(struct request *r)
     if (!t)
         return;
     r->trace = NULL;
-    if (t->sampled) {
-        struct buf b = BUF_INIT;
-        char name[64];
-        double end = ev_time();
-        snprintf(name, sizeof name, "%s %s", r->method, r->path);
-        span_open(&b, t, t->span_id, t->parent_id, name, t->child ? SPAN_INTERNAL : SPAN_SERVER,
-                  t->start, end);
-        server_attributes(&b, r);
-        char err[24] = "";
-        if (r->status >= 500)
-            snprintf(err, sizeof err, "%d", r->status);
-        span_close(&b, outcome_event(r->outcome), end, r->status >= 500 ? err : NULL);
-        trace_export_push(&b);
-    }
-    free(t->tracestate);
-    free(t);
+    if (t->sampled)
+        server_span(r, t);
+    trace_pool_trace_free(t);
 }
 
 bool trace_attempt_begin(struct request *r, struct trace_attempt *a, char *line, size_t len)
 {
+    static const char prefix[] = "traceparent: 00-";
     const struct trace *t = r->trace;
-    if (!t)
+    if (!t || len < sizeof prefix + 32 + 1 + 16 + 3)
         return false;
-    char tid[33], sid[17];
     trace_random_id(a->span_id, sizeof a->span_id);
-    a->start = ev_time();
-    a->active = true;
-    trace_hex(tid, t->trace_id, 16);
-    trace_hex(sid, a->span_id, 8);
-    snprintf(line, len, "traceparent: 00-%s-%s-%s", tid, sid, t->sampled ? "01" : "00");
+    a->active = t->sampled;     /* an unsampled attempt has an id to send, no span to record */
+    a->start = t->sampled ? ev_time() : 0;
+    char *w = line;
+    memcpy(w, prefix, sizeof prefix - 1);
+    w += sizeof prefix - 1;
+    trace_hex(w, t->trace_id, 16);
+    w[32] = '-';
+    trace_hex(w + 33, a->span_id, 8);
+    memcpy(w + 49, t->sampled ? "-01" : "-00", 4);
     return true;
 }
 
@@ -376,6 +283,26 @@ static const char *operation_name(enum endpoint ep)
     }
 }
 
+static void client_attributes(struct trace_span *s, const char *op,
+                              const struct trace_attempt_info *in)
+{
+    TRACE_SPAN_LIT(s, "gen_ai.operation.name", op);
+    TRACE_SPAN_LIT(s, "gen_ai.system", in->system);
+    TRACE_SPAN_STR(s, "gen_ai.request.model", in->request_model);
+    TRACE_SPAN_STR(s, "gen_ai.response.model", in->response_model);
+    if (in->max_tokens >= 0)
+        TRACE_SPAN_INT(s, "gen_ai.request.max_tokens", in->max_tokens);
+    if (in->input_tokens >= 0)
+        TRACE_SPAN_INT(s, "gen_ai.usage.input_tokens", in->input_tokens);
+    if (in->output_tokens >= 0)
+        TRACE_SPAN_INT(s, "gen_ai.usage.output_tokens", in->output_tokens);
+    if (in->status)
+        TRACE_SPAN_INT(s, "http.response.status_code", in->status);
+    TRACE_SPAN_STR(s, "llmux.upstream", in->upstream);
+    TRACE_SPAN_INT(s, "llmux.attempt", (long)in->attempt);
+    TRACE_SPAN_STR(s, "error.type", in->error);
+}
+
 void trace_attempt_end(struct request *r, struct trace_attempt *a,
                        const struct trace_attempt_info *in)
 {
@@ -385,55 +312,132 @@ void trace_attempt_end(struct request *r, struct trace_attempt *a,
     const struct trace *t = r->trace;
     if (!t || !t->sampled)
         return;
-    struct buf b = BUF_INIT;
-    char name[160];
-    double end = ev_time();
     const char *op = operation_name(r->ep);
-    snprintf(name, sizeof name, "%s %s", op, in->request_model ? in->request_model : "");
-    span_open(&b, t, a->span_id, t->span_id, name, SPAN_CLIENT, a->start, end);
-    attr_str(&b, "gen_ai.operation.name", op);
-    attr_str(&b, "gen_ai.system", in->system);
-    attr_str(&b, "gen_ai.request.model", in->request_model);
-    attr_str(&b, "gen_ai.response.model", in->response_model);
-    if (in->max_tokens >= 0)
-        attr_int(&b, "gen_ai.request.max_tokens", in->max_tokens);
-    if (in->input_tokens >= 0)
-        attr_int(&b, "gen_ai.usage.input_tokens", in->input_tokens);
-    if (in->output_tokens >= 0)
-        attr_int(&b, "gen_ai.usage.output_tokens", in->output_tokens);
-    if (in->status)
-        attr_int(&b, "http.response.status_code", in->status);
-    attr_str(&b, "llmux.upstream", in->upstream);
-    attr_int(&b, "llmux.attempt", (long)in->attempt);
-    attr_str(&b, "error.type", in->error);
+    struct trace_span *s = span_begin(t, a->span_id, t->span_id, TRACE_KIND_CLIENT, a->start,
+                                      ev_time());
+    if (!s)
+        return;
+    s->name = trace_span_text2(s, op, in->request_model ? in->request_model : "");
+    s->event = text_of(s, in->event);
+    s->error = text_of(s, in->error);
+    client_attributes(s, op, in);
     if (r->conf->tracing.capture_content && in->prompt)
-        attr_text(&b, "gen_ai.prompt", in->prompt, in->prompt_len);
+        TRACE_SPAN_CONTENT(s, "gen_ai.prompt", in->prompt, in->prompt_len, TRACE_CONTENT_MAX);
     if (r->conf->tracing.capture_content && in->answer)
-        attr_text(&b, "gen_ai.completion", in->answer, in->answer_len);
-    span_close(&b, in->event, end, in->error);
-    trace_export_push(&b);
+        TRACE_SPAN_CONTENT(s, "gen_ai.completion", in->answer, in->answer_len,
+                           TRACE_CONTENT_MAX);
+    trace_export_push(s);
 }
 
-/* The client's token cap, read from its text without a tree (-1: none asked). */
+/* Past the JSON string that opens at t[i] (the text is valid JSON): a memchr per quote. */
+static size_t skim_string(const char *t, size_t n, size_t i)
+{
+    for (;;) {
+        const char *q = memchr(t + i + 1, '"', n - i - 1);
+        if (!q)
+            return n;
+        size_t j = (size_t)(q - t), bs = 0;
+        while (t[j - 1 - bs] == '\\')
+            bs++;
+        if (bs % 2 == 0)
+            return j + 1;
+        i = j;
+    }
+}
+
+/* The integer written at t[i], or -1: "1.5", "1e3" and strings are not counts. */
+static long skim_int(const char *t, size_t n, size_t i)
+{
+    char num[24];
+    size_t k = 0;
+    while (i < n && k < sizeof num - 1 && (t[i] == '-' || (t[i] >= '0' && t[i] <= '9')))
+        num[k++] = t[i++];
+    num[k] = '\0';
+    if (!k || (i < n && (t[i] == '.' || t[i] == 'e' || t[i] == 'E' || k == sizeof num - 1)))
+        return -1;
+    char *end;
+    long v = strtol(num, &end, 10);
+    return *end == '\0' ? v : -1;
+}
+
+static size_t skip_ws(const char *t, size_t n, size_t i)
+{
+    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* The bytes skim_members stops at: 1 opens a value, 2 closes one, 3 opens a string. */
+static const uint8_t skim_class[256] = {
+    ['{'] = 1, ['['] = 1, ['}'] = 2, [']'] = 2, ['"'] = 3,
+};
+
+/* The top-level members of JSON text t named in names (quoted, as written): where each one's
+ * first value starts (at) and how often it appears (seen); with first, it stops once every
+ * name was seen. One pass: other bytes are skipped by a table, strings jumped over with
+ * memchr, nested values only counted in and out. Several times cheaper than a member walk
+ * that parses every value, which matters because it runs for every exported attempt. */
+static void skim_members(const char *t, size_t n, const char *const *names, size_t k,
+                         size_t *at, unsigned *seen, bool first)
+{
+    size_t depth = 0, found = 0;
+    for (size_t i = 0; i < n; i++) {
+        while (i < n && !skim_class[(unsigned char)t[i]])
+            i++;
+        if (i == n)
+            break;
+        uint8_t cls = skim_class[(unsigned char)t[i]];
+        if (cls != 3) {
+            depth += cls == 1 ? 1 : (size_t)-1;
+            continue;
+        }
+        size_t end = skim_string(t, n, i), c = depth == 1 ? skip_ws(t, n, end) : n;
+        for (size_t m = 0; c < n && t[c] == ':' && m < k; m++)
+            if (end - i == strlen(names[m]) && !memcmp(t + i, names[m], end - i) &&
+                !seen[m]++) {
+                at[m] = skip_ws(t, n, c + 1);
+                if (first && ++found == k)
+                    return;
+            }
+        i = end - 1;
+    }
+}
+
+/* The client's token cap (-1: none asked): the first of these names holding an integer as
+ * written (not 1.5, not a string); a name given twice counts as none asked. */
 static long max_tokens_of(const struct buf *raw)
 {
-    struct json_pick pk[] = {{"max_completion_tokens", 0, 0, false},
-                             {"max_tokens", 0, 0, false}, {"max_output_tokens", 0, 0, false}};
-    if (!raw || !raw->len || json_scan_pick(raw->data, raw->len, pk, 3) != 0)
+    static const char *const names[] = {"\"max_completion_tokens\"", "\"max_tokens\"",
+                                         "\"max_output_tokens\""};
+    size_t at[3];
+    unsigned seen[3] = {0, 0, 0};
+    if (!raw || !raw->len)
         return -1;
-    for (size_t i = 0; i < sizeof pk / sizeof pk[0]; i++) {
-        char num[24];
-        size_t n = pk[i].end - pk[i].start;
-        if (!pk[i].found || n >= sizeof num)
-            continue;
-        memcpy(num, raw->data + pk[i].start, n);
-        num[n] = '\0';
-        char *end;
-        long v = strtol(num, &end, 10);
-        if (*end == '\0')      /* an integer as written (not 1.5, not a string) */
+    skim_members(raw->data, raw->len, names, 3, at, seen, false);
+    for (size_t m = 0; m < 3; m++)
+        if (seen[m] > 1)
+            return -1;
+    for (size_t m = 0; m < 3; m++) {
+        long v = seen[m] ? skim_int(raw->data, raw->len, at[m]) : -1;
+        if (v >= 0)
             return v;
     }
     return -1;
+}
+
+/* An OpenAI answer's "model" string, as written, into out (cap bytes); "" when none fits. */
+static void answer_model(const struct buf *resp, char *out, size_t cap)
+{
+    static const char *const names[] = {"\"model\""};
+    size_t at = 0, n = 0;
+    unsigned seen = 0;
+    skim_members(resp->data, resp->len, names, 1, &at, &seen, true);
+    if (seen && at < resp->len && resp->data[at] == '"') {
+        n = skim_string(resp->data, resp->len, at) - at - 2;
+        n = n < cap ? n : 0;
+    }
+    memcpy(out, resp->data + at + 1, n);
+    out[n] = '\0';
 }
 
 void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
@@ -442,16 +446,17 @@ void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request
                              const struct buf *sent)
 {
     bool anthropic = t->upstream->provider == PROVIDER_ANTHROPIC;
-    size_t s, e;
     memset(in, 0, sizeof *in);
     /* the answer's model: Anthropic's from its message; an OpenAI body's "model" string */
     char *model = in->response_model_buf;
     size_t cap = sizeof in->response_model_buf;
-    if (anthropic && c->anthropic.model)
-        snprintf(model, cap, "%s", c->anthropic.model);
-    else if (!r->stream && json_scan_member(resp->data, resp->len, "model", &s, &e) == 0 &&
-             e - s >= 2 && e - s < cap && resp->data[s] == '"')
-        snprintf(model, cap, "%.*s", (int)(e - s - 2), resp->data + s + 1);
+    if (anthropic && c->anthropic.model) {
+        size_t n = strnlen(c->anthropic.model, cap - 1);
+        memcpy(model, c->anthropic.model, n);
+        model[n] = '\0';
+    } else if (!r->stream && resp->len) {
+        answer_model(resp, model, cap);
+    }
     in->system = anthropic ? "anthropic" : "openai";
     in->upstream = t->upstream->name;
     in->request_model = t->model ? t->model : r->model;

@@ -1,8 +1,8 @@
 /* trace: OpenTelemetry traces of requests — W3C Trace Context in (traceparent/tracestate) and
  * out (a child traceparent on every upstream attempt), a server span per request and a client
- * span per attempt (GenAI semantic conventions), encoded as OTLP JSON and handed to the
- * exporter thread (trace_export.c). Off (no `tracing.endpoint`): every call returns at once
- * and nothing is allocated. */
+ * span per attempt (GenAI semantic conventions), recorded as fixed-size span records
+ * (trace_span.c) that the exporter thread (trace_export.c) encodes. Off (no `tracing.endpoint`):
+ * every call returns at once and nothing is allocated; unsampled: ids and a header, no span. */
 #ifndef LLMUX_TRACE_H
 #define LLMUX_TRACE_H
 
@@ -32,7 +32,9 @@ struct trace {
     bool sampled;
     bool child;                 /* a gather item's: an internal span under the gather's */
     double start;               /* wall clock, seconds */
-    char *tracestate;           /* the client's, relayed as is; NULL none */
+    char *tracestate;           /* the client's, relayed as is (in state_buf); NULL none */
+    struct trace *next_free;    /* the thread's cache of free traces (trace_span.c) */
+    char state_buf[TRACE_STATE_MAX + 1];
 };
 
 /* One upstream attempt's span (embedded in the proxy; zeroed means "none"). */
@@ -58,8 +60,9 @@ void trace_begin(struct request *r, const struct http_head *head, const struct t
 /* The request ended: its server span is exported (when sampled) and the trace freed. */
 void trace_end(struct request *r);
 
-/* An attempt begins: its span id, and its "traceparent: …" header line in line (NUL-ended).
- * false when the request has no trace (nothing to send). */
+/* An attempt begins: its span id, and its "traceparent: …" header line in line (NUL-ended, len
+ * at least 72). false when the request has no trace (nothing to send). The attempt's span is
+ * active (trace_attempt_end records it) only when the trace is sampled. */
 bool trace_attempt_begin(struct request *r, struct trace_attempt *a, char *line, size_t len);
 /* The attempt ended; event names an interruption ("cancelled", "deadline", …) or is NULL. */
 struct trace_attempt_info {

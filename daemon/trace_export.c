@@ -1,6 +1,6 @@
-/* trace_export: bounded span queue → batches → OTLP/HTTP JSON POSTs from a helper thread. The
- * lock is held by a worker only to store one pointer, and by the thread only to take a batch
- * out; the HTTP work happens outside it. */
+/* trace_export: bounded queue of span records → batches → OTLP/HTTP JSON POSTs from a helper
+ * thread. The lock is held by a worker only to store one pointer, and by the thread only to
+ * take a batch out; encoding and HTTP happen outside it. */
 #include "daemon/trace_export.h"
 
 #include <curl/curl.h>
@@ -13,16 +13,18 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "daemon/trace_span.h"
 
 #define EXPORT_RETRIES 3            /* after the first try; backoff 0.5 s, 1 s, 2 s */
 #define EXPORT_TIMEOUT_MS 10000
 #define EXPORT_CONNECT_MS 2000
+#define EXPORT_BODY_KEEP (4u << 20)    /* a POST body larger than this is not reused */
 
 struct exporter {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    struct buf *q;                  /* ring of spans, cap entries */
+    struct trace_span **q;          /* ring of span records, cap entries */
     size_t cap, head, n;
     bool stop;
     bool running;                   /* atomic: read by workers */
@@ -44,27 +46,24 @@ bool trace_export_running(void)
     return __atomic_load_n(&ex.running, __ATOMIC_ACQUIRE);
 }
 
-void trace_export_push(struct buf *span)
+void trace_export_drop(void)
 {
-    struct buf copy = *span;
-    *span = (struct buf)BUF_INIT;
-    if (!copy.len) {
-        buf_free(&copy);
-        __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
-        return;
-    }
+    __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
+}
+
+void trace_export_push(struct trace_span *span)
+{
     pthread_mutex_lock(&ex.lock);
     bool full = ex.n == ex.cap;
     if (!full) {
-        ex.q[(ex.head + ex.n) % ex.cap] = copy;
-        ex.n++;
-        if (ex.n >= ex.batch)
+        ex.q[(ex.head + ex.n) % ex.cap] = span;
+        if (++ex.n == ex.batch)
             pthread_cond_signal(&ex.cond);
     }
     pthread_mutex_unlock(&ex.lock);
     if (full) {
-        buf_free(&copy);
-        __atomic_add_fetch(&ex.dropped, 1, __ATOMIC_RELAXED);
+        trace_span_release(span);
+        trace_export_drop();
     }
 }
 
@@ -83,6 +82,9 @@ static char *export_envelope(const struct conf *c)
 static struct curl_slist *export_headers(const struct conf *c)
 {
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    /* a batch is larger than curl's 100-continue threshold: no round trip (or a 1 s wait for
+     * a collector that never says "100") before every POST */
+    h = curl_slist_append(h, "Expect:");
     for (size_t i = 0; i < c->tracing.nheaders; i++) {
         struct buf line = BUF_INIT;
         buf_printf(&line, "%s: %s", c->tracing.headers[i].name, c->tracing.headers[i].value);
@@ -106,6 +108,7 @@ int trace_export_start(const struct conf *c)
     ex.batch = c->tracing.batch_size;
     ex.delay_ms = c->tracing.batch_delay_ms;
     ex.q = calloc(ex.cap, sizeof *ex.q);
+    trace_pools_keep(2 * ex.batch < ex.cap ? 2 * ex.batch : ex.cap);
     ex.stop = false;
     if (!ex.url || !ex.envelope || !ex.q || pthread_create(&ex.thread, NULL, exporter_main, NULL)) {
         log_error("tracing: cannot start the exporter thread; traces are off");
@@ -134,7 +137,8 @@ void trace_export_stop(void)
     pthread_mutex_unlock(&ex.lock);
     pthread_join(ex.thread, NULL);
     for (size_t i = 0; i < ex.n; i++)
-        buf_free(&ex.q[(ex.head + i) % ex.cap]);
+        trace_span_release(ex.q[(ex.head + i) % ex.cap]);
+    trace_pools_free();     /* the workers are gone: nothing makes or holds a span now */
     free(ex.q);
     free(ex.url);
     free(ex.envelope);
@@ -191,30 +195,34 @@ static int export_post(CURL *easy, const struct buf *body)
     return status == 429 || status == 502 || status == 503 || status == 504 ? 1 : -1;
 }
 
-/* Sends k spans as one request, retrying with backoff (not once stopping); frees them. */
-static void export_batch(CURL *easy, struct buf *spans, size_t k)
+/* Encodes k spans into body (the thread's, reused: a batch is written in place, with no
+ * regrowth once the first ones sized it), and hands them back to their pools. -1 when memory
+ * ran out. */
+static int export_body(struct buf *body, struct trace_span **spans, size_t k)
 {
-    struct buf body = BUF_INIT;
-    size_t total = strlen(ex.envelope) + 16;
-    for (size_t i = 0; i < k; i++)
-        total += spans[i].len + 1;
-    buf_reserve(&body, total);
-    buf_puts(&body, ex.envelope);
+    buf_reset(body);
+    int rc = buf_puts(body, ex.envelope);
     for (size_t i = 0; i < k; i++) {
-        if (i)
-            buf_puts(&body, ",");
-        buf_append(&body, spans[i].data, spans[i].len);
-        buf_free(&spans[i]);
+        if (i && rc == 0)
+            rc = buf_append(body, ",", 1);
+        if (rc == 0)
+            rc = trace_span_encode(body, spans[i]);
+        trace_span_release(spans[i]);
     }
-    buf_puts(&body, "]}]}]}");
-    int rc = body.data ? export_post(easy, &body) : -1;
+    return rc == 0 ? buf_puts(body, "]}]}]}") : -1;
+}
+
+/* Sends k spans as one request, retrying with backoff (not once stopping); releases them. */
+static void export_batch(CURL *easy, struct buf *body, struct trace_span **spans, size_t k)
+{
+    int rc = export_body(body, spans, k) == 0 ? export_post(easy, body) : -1;
     for (unsigned i = 0; rc > 0 && i < EXPORT_RETRIES; i++) {
         pthread_mutex_lock(&ex.lock);
         bool stopping = ex.stop || wait_or_stop(500u << i, false);
         pthread_mutex_unlock(&ex.lock);
         if (stopping)
             break;
-        rc = export_post(easy, &body);
+        rc = export_post(easy, body);
     }
     if (rc == 0) {
         __atomic_add_fetch(&ex.exported, k, __ATOMIC_RELAXED);
@@ -224,13 +232,15 @@ static void export_batch(CURL *easy, struct buf *spans, size_t k)
             log_warn("tracing: cannot export spans to %s (counted in "
                      "llmux_trace_spans_dropped_total{reason=\"export_failed\"})", ex.url);
     }
-    buf_free(&body);
+    if (body->cap > EXPORT_BODY_KEEP)
+        buf_free(body);     /* a batch of captured prompts: not kept for the next one */
 }
 
 static void *exporter_main(void *arg)
 {
     CURL *easy = curl_easy_init();
-    struct buf *batch = calloc(ex.batch, sizeof *batch);
+    struct trace_span **batch = calloc(ex.batch, sizeof *batch);
+    struct buf body = BUF_INIT;
     pthread_mutex_lock(&ex.lock);
     for (;;) {
         if (ex.n < ex.batch && !ex.stop)
@@ -244,15 +254,16 @@ static void *exporter_main(void *arg)
         bool stopping = ex.stop;
         pthread_mutex_unlock(&ex.lock);
         if (k && batch && easy)
-            export_batch(easy, batch, k);
+            export_batch(easy, &body, batch, k);
         else if (k && batch)
             for (size_t i = 0; i < k; i++)
-                buf_free(&batch[i]);
+                trace_span_release(batch[i]);
         pthread_mutex_lock(&ex.lock);
         if (stopping && ex.n == 0)
             break;
     }
     pthread_mutex_unlock(&ex.lock);
+    buf_free(&body);
     free(batch);
     if (easy)
         curl_easy_cleanup(easy);

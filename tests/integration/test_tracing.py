@@ -99,6 +99,20 @@ class TracingTest(TracingCase):
             self.assertNotIn(TRACE, sent["traceparent"], bad)
             self.assertNotIn("tracestate", sent, bad)
 
+    def test_max_tokens_from_the_top_level_only(self):
+        """The token cap is the body's own member, not a same-named key nested in a tool's
+        schema or quoted in a message; the first of max_completion_tokens, max_tokens wins."""
+        cases = [("3" * 32, {"max_tokens": 9, "tools": [{"type": "function", "function": {
+                     "name": "f", "parameters": {"max_tokens": 5}}}]}, "9"),
+                 ("4" * 32, {"metadata": {"max_tokens": 5}}, None),
+                 ("5" * 32, {"max_tokens": 40, "max_completion_tokens": 12}, "12")]
+        for trace_id, extra, want in cases:
+            st, _, _ = self.d.chat('say "max_tokens": 7 \\ "', headers={
+                "traceparent": "00-%s-%s-01" % (trace_id, PARENT)}, **extra)
+            self.assertEqual(st, 200)
+            client = [s for s in self.spans_of(trace_id, 2) if s["kind"] == 3][0]
+            self.assertEqual(client["attrs"].get("gen_ai.request.max_tokens"), want, extra)
+
     def test_later_version_accepted(self):
         st, _, _ = self.d.chat("x", headers={"traceparent": "01-%s-%s-01-extra" % (TRACE, PARENT)})
         self.assertEqual(st, 200)
@@ -225,11 +239,13 @@ class DeadCollectorTest(Case):
         end = time.monotonic() + 10
         while time.monotonic() < end:
             m = self.d.metrics()
-            lost = (m['llmux_trace_spans_dropped_total{reason="queue_full"}'] +
-                    m['llmux_trace_spans_dropped_total{reason="export_failed"}'])
-            if lost > 0:
+            full = m['llmux_trace_spans_dropped_total{reason="queue_full"}']
+            failed = m['llmux_trace_spans_dropped_total{reason="export_failed"}']
+            if full > 0 and failed > 0:
                 break
             time.sleep(0.05)
-        self.assertGreater(lost, 0)
+        # 120 spans against a queue of 16 drained 4 per 3.5 s of retries: most are dropped
+        self.assertGreater(full, 0)
+        self.assertGreater(failed, 0)
         self.assertEqual(m["llmux_trace_spans_exported_total"], 0)
         self.assertTrue(self.d.wait_log("tracing: cannot export spans", timeout=15))
