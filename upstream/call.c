@@ -15,6 +15,9 @@
  * would stall every sibling stream. A multiplexed call therefore keeps what its reader refused,
  * up to this much (a typical LLM answer fits whole), and only past it pauses curl. */
 #define HOLD_MAX (1u << 20)
+/* libcurl 7.88 sends an h2 request body (and any body over TLS with HTTP/1.1) through an upload
+ * buffer it keeps until the transfer ends: 64 KiB by default; 16 KiB is the least it takes. */
+#define SEND_BUFFER 16384
 #define PRIOR_KNOWLEDGE_OK 0x080100    /* libcurl 8.1.0 */
 
 static int64_t parse_retry_after(const char *v, size_t n)
@@ -185,6 +188,7 @@ void call_set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)(c->multiplex ? RECV_BUFFER_H2 : RECV_BUFFER));
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)SEND_BUFFER);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
