@@ -2,6 +2,7 @@
  * request leaving, sockets of h2 connections); its life cycle is in engine.c. */
 #include "upstream/engine_int.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -130,7 +131,13 @@ static void opener_ready(struct call *c)
  * code was read: 7.88.x. */
 static bool ulbuf_free_ok(void)
 {
-    return curl_version_info(CURLVERSION_NOW)->version_num >> 8 == 0x0758;
+    static _Atomic int ok = -1;     /* curl_version_info formats strings: asked once */
+    int v = atomic_load_explicit(&ok, memory_order_relaxed);
+    if (v < 0) {
+        v = curl_version_info(CURLVERSION_NOW)->version_num >> 8 == 0x0758;
+        atomic_store_explicit(&ok, v, memory_order_relaxed);
+    }
+    return v;
 }
 
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
