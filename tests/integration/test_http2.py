@@ -103,9 +103,9 @@ class Http2Test(unittest.TestCase):
         # Closes a connection idle for 1 s: the next one resumes the TLS session.
         cls.short = Nghttpx(cls.dir, cls.mock.port, "short", "--frontend-http2-read-timeout=1s")
         cls.fragile = Nghttpx(cls.dir, cls.mock.port, "fragile")
-        # HTTP/1.1 over TLS on an origin of its own: after HTTP/1.1 calls to an origin, a
-        # burst of h2 calls to the same origin stalls (seen with libcurl 7.88; not this
-        # test's subject, reported).
+        # HTTP/1.1 over TLS on an origin of its own: libcurl 7.88 puts h2 calls on idle
+        # HTTP/1.1 connections to the same origin, where a burst of them stalls (not this
+        # test's subject; see bench/results/ANALYSIS.md).
         cls.tls1 = Nghttpx(cls.dir, cls.mock.port, "tls1")
         text = CONFIG % {"tls": cls.ng.tls, "plain": cls.ng.plain, "cert": cls.cert,
                          "short": cls.short.tls, "fragile": cls.fragile.tls,
