@@ -6,8 +6,9 @@
 # usage: sh bench/run.sh [BUILD]   (BUILD holds llmuxd and mock_upstream; default "build")
 # Environment: BENCH_SECONDS (per wrk run, default 10), BENCH_S3_CONNS (10000),
 # BENCH_IDLE_CONNS (50000), BENCH_SCENARIOS ("1 1b 2 3 4 t1 t2 t3"), BENCH_OUT (the report file),
-# BENCH_PERF=1 (perf record llmuxd in scenario 1, into the report). Setting any of the first
-# four makes a partial run: its report goes to BUILD/bench/report.md, the README is left alone.
+# BENCH_PERF=1 (perf record llmuxd in scenario 1, into the report), BENCH_TARGETS (only these
+# targets, e.g. "llmuxd-h2 nginx"). Setting any of the first four or BENCH_TARGETS makes a
+# partial run: its report goes to BUILD/bench/report.md, the README is left alone.
 set -u
 
 BUILD=${1:-build}
@@ -18,12 +19,14 @@ SECS=${BENCH_SECONDS:-10}
 S3_WANT=${BENCH_S3_CONNS:-10000}
 S4_WANT=${BENCH_IDLE_CONNS:-50000}
 SCENARIOS=${BENCH_SCENARIOS:-1 1b 2 3 4 t1 t2 t3}
+ONLY=${BENCH_TARGETS:-}
 HOST=$(hostname -s 2>/dev/null || hostname)
 DAY=$(date +%Y-%m-%d)
 # Only a full run with the default sizes goes to results/ and the README; other runs report into
 # the build directory unless BENCH_OUT says where.
 FULL=1
-[ -n "${BENCH_SECONDS:-}${BENCH_SCENARIOS:-}${BENCH_S3_CONNS:-}${BENCH_IDLE_CONNS:-}" ] && FULL=0
+[ -n "${BENCH_SECONDS:-}${BENCH_SCENARIOS:-}${BENCH_S3_CONNS:-}${BENCH_IDLE_CONNS:-}$ONLY" ] &&
+    FULL=0
 if [ $FULL = 1 ]; then
     OUT=${BENCH_OUT:-$HERE/results/$DAY-$HOST.md}
 else
@@ -361,6 +364,7 @@ for sc in $SCENARIOS; do
     sc_targets=$TARGETS
     case $sc in t*) sc_targets="llmuxd-h1 llmuxd-h2${NGINX:+ nginx}" ;; esac
     for tg in $sc_targets; do
+        [ -n "$ONLY" ] && case " $ONLY " in *" $tg "*) ;; *) continue ;; esac
         case $sc in
         1) measure 1 "$tg" 64 0 "$SECS" 5 ;;
         1b) measure 1b "$tg" 1 0 $(((SECS + 1) / 2)) 5 ;;
@@ -373,7 +377,9 @@ for sc in $SCENARIOS; do
         *) die "unknown scenario $sc" ;;
         esac
     done
-    [ "$sc" = 1 ] && measure 1 llmuxd-w2 64 0 "$SECS" 5
+    [ "$sc" = 1 ] && case " ${ONLY:-llmuxd-w2} " in *" llmuxd-w2 "*)
+        measure 1 llmuxd-w2 64 0 "$SECS" 5 ;;
+    esac
 done
 
 # --- the report --------------------------------------------------------------------------------

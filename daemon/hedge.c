@@ -48,7 +48,7 @@ void hedge_stop(struct proxy *p)
 
 static bool target_running(const struct proxy *p, const struct conf_target *t)
 {
-    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+    for (unsigned i = 0; i < p->nslots; i++)
         if (p->slots[i].call && p->slots[i].target == t)
             return true;
     return false;
@@ -88,7 +88,7 @@ void hedge_release(struct attempt *a)
 
 static struct attempt *free_slot(struct proxy *p)
 {
-    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+    for (unsigned i = 0; i < p->nslots; i++)
         if (!p->slots[i].call)
             return &p->slots[i];
     return NULL;
@@ -181,7 +181,7 @@ void hedge_won(struct proxy *p, struct attempt *a)
     hedge_stop(p);
     if (a->hedge)
         a->hedge_outcome = HEDGE_WON;
-    for (unsigned i = 0; i < PROXY_SLOTS; i++) {
+    for (unsigned i = 0; i < p->nslots; i++) {
         struct attempt *o = &p->slots[i];
         if (o == a || !o->call)
             continue;

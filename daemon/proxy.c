@@ -89,7 +89,7 @@ static void proxy_free(struct proxy *p)
     slot_give(w);
     ev_timer_stop(w->loop, &p->backoff);
     hedge_end(p);
-    for (unsigned i = 0; i < PROXY_SLOTS; i++) {
+    for (unsigned i = 0; i < p->nslots; i++) {
         struct attempt *a = &p->slots[i];
         if (a->codec.ops)
             codec_free(&a->codec);
@@ -143,9 +143,16 @@ static int only_capable(struct proxy *p)
     return -1;
 }
 
+/* Attempts a request may run at once: hedges need a slot each, other models only one. */
+static unsigned proxy_slots(const struct request *r, const struct conf_model *m)
+{
+    return m->hedge_after_ms && !r->no_retry ? 1 + m->hedge_max : 1;
+}
+
 static int proxy_begin(struct request *r, const struct conf_model *m)
 {
-    struct proxy *p = calloc(1, sizeof *p);
+    unsigned nslots = proxy_slots(r, m);
+    struct proxy *p = calloc(1, sizeof *p + nslots * sizeof p->slots[0]);
     if (!p) {
         __atomic_sub_fetch(&r->w->srv->inflight_slots, 1, __ATOMIC_SEQ_CST);
         request_fail(r, 503, "server_error", "overloaded", NULL, "out of memory",
@@ -156,7 +163,8 @@ static int proxy_begin(struct request *r, const struct conf_model *m)
     p->model = m;
     ev_timer_init(&p->backoff, on_backoff, 0., 0.);
     p->backoff.data = p;
-    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+    p->nslots = nslots;
+    for (unsigned i = 0; i < p->nslots; i++)
         p->slots[i].p = p;
     hedge_init(p);
     p->norder = route_order(m, &r->w->rng, p->order);
@@ -302,7 +310,7 @@ void proxy_attempt_cancel(struct attempt *a, enum abort_reason why)
 
 void proxy_cancel(struct proxy *p, enum abort_reason why)
 {
-    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+    for (unsigned i = 0; i < p->nslots; i++)
         if (p->slots[i].call)
             proxy_attempt_cancel(&p->slots[i], why);
     proxy_free(p);
@@ -469,7 +477,7 @@ int proxy_launch(struct proxy *p, struct attempt *a, const struct conf_target *t
 
 static struct attempt *free_slot(struct proxy *p)
 {
-    for (unsigned i = 0; i < PROXY_SLOTS; i++)
+    for (unsigned i = 0; i < p->nslots; i++)
         if (!p->slots[i].call)
             return &p->slots[i];
     return NULL;

@@ -37,14 +37,12 @@ struct attempt {
     struct buf sent;                /* its body, kept only for tracing.capture_content */
 };
 
-#define PROXY_SLOTS (1 + CONF_HEDGE_MAX)
-
 struct proxy {
     struct request *r;
     const struct conf_model *model;
     unsigned order[ROUTE_MAX_TARGETS];
     unsigned norder, pos, retry;    /* the retry/fallback walk through order[] */
-    struct attempt slots[PROXY_SLOTS];
+    unsigned nslots;                /* 1, or 1 + hedge.max when the model hedges */
     unsigned running;               /* slots with a call out */
     struct attempt *winner;         /* its head was 2xx: the answer comes from it alone */
     ev_timer backoff;
@@ -64,6 +62,8 @@ struct proxy {
     bool fail_upstream;             /* the failure is the upstream's 4xx, in uerr */
     struct provider_error *uerr;    /* its four fields, re-encoded in the gateway's shape;
                                      * allocated when first needed (4 KiB no answer uses) */
+    /* Last, sized per request: a waiting call holds one attempt, not 1 + CONF_HEDGE_MAX. */
+    struct attempt slots[];
 };
 
 /* proxy.c: starts a call for target t in slot a; -1 when t can't take the request. */

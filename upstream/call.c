@@ -2,19 +2,27 @@
  * request leaving, sockets of h2 connections); its life cycle is in engine.c. */
 #include "upstream/engine_int.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
 #define RECV_BUFFER 4096    /* per transfer: curl's 16 KiB default, times 10k calls, is 160 MB */
-/* libcurl 7.88 copies a whole h2 DATA frame (up to 16 KiB) into the transfer's buffer: a
- * smaller one overflows (found by ASan), so h2 calls keep curl's default size. */
+/* h2 calls keep curl's default, for two reasons found with ASan and a debug libcurl 7.88.1:
+ * its multi_done stops early while the h2 connection carries other streams, so a pooled
+ * handle keeps its receive buffer, curl_easy_reset sets the size back to 16 KiB and a smaller
+ * CURLOPT_BUFFERSIZE is then refused (a heap overflow); and with a smaller buffer a DATA frame
+ * that doesn't fit pauses nghttp2's whole session until that stream is read, so a stream its
+ * reader paused would stall its siblings. */
 #define RECV_BUFFER_H2 16384
 /* libcurl 7.88 pauses its whole h2 session while one paused stream holds unread bytes, which
  * would stall every sibling stream. A multiplexed call therefore keeps what its reader refused,
  * up to this much (a typical LLM answer fits whole), and only past it pauses curl. */
 #define HOLD_MAX (1u << 20)
+/* libcurl 7.88 sends an h2 request body (and any body over TLS with HTTP/1.1) through an upload
+ * buffer it keeps until the transfer ends: 64 KiB by default; 16 KiB is the least it takes. */
+#define SEND_BUFFER 16384
 #define PRIOR_KNOWLEDGE_OK 0x080100    /* libcurl 8.1.0 */
 
 static int64_t parse_retry_after(const char *v, size_t n)
@@ -114,6 +122,35 @@ static void opener_ready(struct call *c)
         ev_prepare_start(c->e->loop, &c->e->pump);
 }
 
+/* libcurl 7.88 keeps a transfer's upload buffer (16 KiB) until the transfer ends, or past it
+ * when its h2 connection carries other streams, though the request (h2: its body; HTTP/1.1 over
+ * TLS: a copy of the whole request) leaves in the first moments of a call that then waits. Once every body byte is with the connection
+ * (curl counts a byte only when its connection took it) nothing refers to the buffer, and
+ * setting its size frees it (curl allocates a new one if a re-send needs it). The progress
+ * callback is how a call learns of it; it is switched off again at once. Only where that
+ * code was read: 7.88.x. */
+static bool ulbuf_free_ok(void)
+{
+    static _Atomic int ok = -1;     /* curl_version_info formats strings: asked once */
+    int v = atomic_load_explicit(&ok, memory_order_relaxed);
+    if (v < 0) {
+        v = curl_version_info(CURLVERSION_NOW)->version_num >> 8 == 0x0758;
+        atomic_store_explicit(&ok, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    struct call *c = ud;
+    if (ultotal > 0 && ulnow >= ultotal) {
+        curl_easy_setopt(c->easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)SEND_BUFFER);
+        curl_easy_setopt(c->easy, CURLOPT_NOPROGRESS, 1L);
+    }
+    return 0;
+}
+
 /* Runs before each send of the request. curl re-sends silently when a reused connection turns
  * out dead before any answer: once is right (a keep-alive connection the upstream had closed),
  * more would multiply one prompt into many, so a third send fails the attempt instead and the
@@ -189,6 +226,12 @@ void call_set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_PREREQFUNCTION, on_prereq);
     curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)(c->multiplex ? RECV_BUFFER_H2 : RECV_BUFFER));
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)SEND_BUFFER);
+    if (c->body && (c->multiplex || call_url_https(spec->url)) && ulbuf_free_ok()) {
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    }
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
