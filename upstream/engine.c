@@ -93,10 +93,34 @@ static int on_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp, vo
     return 0;
 }
 
-/* Handles that sat unused for a whole period go back to the allocator, then to the system. */
+static void shard_close(struct shard *sh)
+{
+    ev_timer_stop(sh->e->loop, &sh->timer);
+    curl_multi_cleanup(sh->multi);      /* CURL_POLL_REMOVE frees the watchers */
+    sh->multi = NULL;
+}
+
+/* Closes the top shards left idle for SHARD_IDLE_TRIMS periods (never the first: h2 lives
+ * there), so the shards stay the lowest ones. */
+static void shards_trim(struct engine *e)
+{
+    for (unsigned i = 1; i < e->nshards; i++) {
+        struct shard *sh = &e->shards[i];
+        sh->idle_trims = sh->active || sh->used ? 0 : sh->idle_trims + 1;
+        sh->used = false;
+    }
+    while (e->nshards > 1 && e->shards[e->nshards - 1].idle_trims >= SHARD_IDLE_TRIMS)
+        shard_close(&e->shards[--e->nshards]);
+    if (e->shard_room > e->nshards)
+        e->shard_room = e->nshards > 1 ? e->nshards : 1;
+}
+
+/* Handles that sat unused for a whole period go back to the allocator, then to the system;
+ * so do shards. */
 static void on_trim(struct ev_loop *loop, ev_timer *t, int revents)
 {
     struct engine *e = t->data;
+    shards_trim(e);
     unsigned spare = e->pool_low > POOL_KEEP ? e->pool_low - POOL_KEEP : 0;
     for (unsigned i = 0; i < spare; i++)
         curl_easy_cleanup(e->pool[--e->npool]);
@@ -109,7 +133,7 @@ static void on_trim(struct ev_loop *loop, ev_timer *t, int revents)
 static int shard_open(struct engine *e, unsigned i)
 {
     struct shard *sh = &e->shards[i];
-    sh->e = e;
+    *sh = (struct shard){.e = e};       /* it may be one closed by shards_trim */
     sh->multi = curl_multi_init();
     if (!sh->multi)
         return -1;
@@ -162,6 +186,7 @@ struct engine *engine_new(struct ev_loop *loop, long max_host_connections, long 
     }
     e->max_host = max_host_connections;
     e->max_cached = max_cached;
+    e->shard_room = 1;          /* the first shard is the multiplexed calls' */
     if (shard_open(e, 0) < 0) {
         engine_free(e);
         return NULL;
@@ -184,10 +209,8 @@ void engine_free(struct engine *e)
     ev_prepare_stop(e->loop, &e->pump);
     for (unsigned i = 0; i < e->npool; i++)
         curl_easy_cleanup(e->pool[i]);
-    for (unsigned i = 0; i < e->nshards; i++) {
-        ev_timer_stop(e->loop, &e->shards[i].timer);
-        curl_multi_cleanup(e->shards[i].multi);   /* CURL_POLL_REMOVE frees the watchers */
-    }
+    for (unsigned i = 0; i < e->nshards; i++)
+        shard_close(&e->shards[i]);
     curl_share_cleanup(e->share);
     gate_free_all(&e->gates);   /* after the multi handles: their sockets close into them */
     free(e);
@@ -245,7 +268,7 @@ static void shard_left(struct engine *e, struct shard *sh)
 {
     unsigned i = (unsigned)(sh - e->shards);
     sh->active--;
-    if (i < e->shard_room)
+    if (i && i < e->shard_room)
         e->shard_room = i;
 }
 
@@ -286,14 +309,15 @@ static void call_free(struct call *c)
     free(c);
 }
 
-/* HTTP/2 calls all go to the first shard, where they share its connections; an HTTP/1.1 call
- * to the lowest shard with room, opening the next one when all open ones are full, and once
- * MAX_SHARDS are full to the least busy. */
+/* Multiplexed calls all go to the first shard, where they share its connections, and never
+ * meet an HTTP/1.1 connection there: libcurl 7.88 lets a transfer that wants h2 take an idle
+ * HTTP/1.1 connection to the same origin, where a burst of them stalls. An HTTP/1.1 call goes
+ * to the lowest shard above it with room, opening the next one when all open ones are full,
+ * and once MAX_SHARDS are full to the least busy. */
 static struct shard *pick_shard(struct engine *e, bool multiplex)
 {
-    struct shard *least = &e->shards[0];
     if (multiplex)
-        return least;
+        return &e->shards[0];
     for (unsigned i = e->shard_room; i < MAX_SHARDS; i++) {
         if (i == e->nshards && shard_open(e, i) < 0)
             break;
@@ -303,7 +327,10 @@ static struct shard *pick_shard(struct engine *e, bool multiplex)
         }
     }
     e->shard_room = e->nshards;     /* all full: no scan until one has room again */
-    for (unsigned i = 1; i < e->nshards; i++)
+    if (e->nshards < 2)
+        return &e->shards[0];       /* curl could not make a second multi handle */
+    struct shard *least = &e->shards[1];
+    for (unsigned i = 2; i < e->nshards; i++)
         if (e->shards[i].active < least->active)
             least = &e->shards[i];
     return least;
@@ -327,6 +354,7 @@ static int call_launch(struct call *c)
     }
     if (!c->multiplex)
         c->sh->active++;
+    c->sh->used = true;
     if (c->gate)
         gate_started(c->gate, c->opener);
     e->active++;

@@ -21,25 +21,32 @@
  * two walks per transfer, linear in the connections of one multi handle, so CPU per request
  * grew with concurrency. The engine therefore spreads HTTP/1.1 calls over shards (multi handles
  * with their own connection caches), made when needed and filled lowest first up to
- * SHARD_CONNECTIONS calls each: at low concurrency everything stays on the first (one batch per
- * loop turn), up to 1,024 calls no walk covers more than 64 connections, and past that the
- * calls go to the least busy shard. Each multi handle holds a socketpair (curl's wakeup), so
+ * SHARD_CONNECTIONS calls each (the first shard is the multiplexed calls'): at low concurrency
+ * every HTTP/1.1 call stays on the second (one batch per loop turn), up to 960 calls no walk
+ * covers more than 64 connections, and past that the calls go to the least busy shard. Each multi handle holds a socketpair (curl's wakeup), so
  * their number stays small. */
 #define SHARD_CONNECTIONS 64
 #define MAX_SHARDS 16
+/* A shard above the first that no call used for this many trim periods (30 s) is closed with
+ * its idle connections: curl only prunes a cache when a transfer connects through it, so a
+ * burst's connections would otherwise hold descriptors and TLS state, and stay counted by the
+ * gates, until traffic reached that shard again. */
+#define SHARD_IDLE_TRIMS 15
 
 struct shard {
     struct engine *e;
     CURLM *multi;
     ev_timer timer;
     unsigned active;        /* HTTP/1.1 calls (one connection each); h2 calls don't count */
+    bool used;              /* a call started here since the last trim */
+    unsigned idle_trims;    /* trim periods in a row without a call */
 };
 
 struct engine {
     struct ev_loop *loop;
     struct shard shards[MAX_SHARDS];
     unsigned nshards;       /* created so far (the first at start, the others when needed) */
-    unsigned shard_room;    /* no shard below this one has room for an HTTP/1.1 call */
+    unsigned shard_room;    /* no shard below this one (≥ 1) has room for an HTTP/1.1 call */
     long max_host;          /* curl's per-host cap in each shard (the gates cap the calls) */
     long max_cached;        /* connections a shard's cache keeps (0: curl's default) */
     CURLSH *share;          /* TLS sessions and DNS answers, for every shard of this loop */

@@ -3,6 +3,8 @@ next to HTTP/1.1: calls share connections, a cancelled call resets only its stre
 stream doesn't stall its siblings, deadlines, GOAWAY and a lost connection retry, the breaker;
 HTTP/1.1 calls beyond max_connections wait in llmuxd's queue. nghttpx's access log tells which
 connection (client port) and TLS session each request used."""
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -72,12 +74,14 @@ upstreams:
   - {name: short, base_url: "https://127.0.0.1:%(short)d/v1", ca_file: "%(cert)s", http: 2}
   - {name: fragile, base_url: "https://127.0.0.1:%(fragile)d/v1", ca_file: "%(cert)s"}
   - {name: tls1, base_url: "https://127.0.0.1:%(tls1)d/v1", ca_file: "%(cert)s", http: 1.1}
+  - {name: same1, base_url: "https://127.0.0.1:%(tls)d/v1", ca_file: "%(cert)s", http: 1.1}
 models:
   - {name: h2, retries: 2, backoff: {base: 10ms, max: 20ms}, targets: [{upstream: h2}]}
   - {name: h2c, retries: 2, backoff: {base: 10ms, max: 20ms}, targets: [{upstream: h2c}]}
   - {name: h1, retries: 2, backoff: {base: 10ms, max: 20ms}, targets: [{upstream: h1}]}
   - {name: short, retries: 2, backoff: {base: 10ms, max: 20ms}, targets: [{upstream: short}]}
   - {name: tls1, retries: 2, backoff: {base: 10ms, max: 20ms}, targets: [{upstream: tls1}]}
+  - {name: same1, retries: 0, targets: [{upstream: same1}]}
   - name: fragile
     strategy: fallback
     retries: 0
@@ -85,6 +89,13 @@ models:
 """
 
 KINDS = ("h1", "h2", "h2c")
+
+
+def libcurl_version():
+    """The libcurl llmuxd links, e.g. "7.88.1"."""
+    lib = ctypes.CDLL(ctypes.util.find_library("curl") or "libcurl.so.4")
+    lib.curl_version.restype = ctypes.c_char_p
+    return lib.curl_version().decode().split()[0].partition("/")[2]
 
 
 @unittest.skipUnless(shutil.which("nghttpx") and shutil.which("openssl"),
@@ -99,9 +110,7 @@ class Http2Test(unittest.TestCase):
         # Closes a connection idle for 1 s: the next one resumes the TLS session.
         cls.short = Nghttpx(cls.dir, cls.mock.port, "short", "--frontend-http2-read-timeout=1s")
         cls.fragile = Nghttpx(cls.dir, cls.mock.port, "fragile")
-        # HTTP/1.1 over TLS on an origin of its own: libcurl 7.88 puts h2 calls on idle
-        # HTTP/1.1 connections to the same origin, where a burst of them stalls (not this
-        # test's subject; see bench/results/ANALYSIS.md).
+        # HTTP/1.1 over TLS on an origin of its own (same1 shares the h2 one).
         cls.tls1 = Nghttpx(cls.dir, cls.mock.port, "tls1")
         text = CONFIG % {"tls": cls.ng.tls, "plain": cls.ng.plain, "cert": cls.cert,
                          "short": cls.short.tls, "fragile": cls.fragile.tls,
@@ -156,6 +165,16 @@ class Http2Test(unittest.TestCase):
                     # takes 100 streams on one).
                     self.assertEqual(len(ports), 1, (kind, seen))
                     self.assertEqual(alpns, {"h2"} if kind == "h2" else {"h2c"})
+
+    def test_h2_calls_after_http11_calls_to_the_same_origin(self):
+        # libcurl 7.88 lets a transfer that wants h2 take an idle HTTP/1.1 connection to the
+        # same origin, where a burst of them stalled to its deadline: they never meet.
+        self.assertEqual(self.burst("same1", 8, "delay=300", "same-h1"), [200] * 8)
+        self.assertEqual({v[1] for v in self.ng.wait_requests("same-h1-", 8).values()},
+                         {"http/1.1"})
+        self.assertEqual(self.burst("h2", 150, "delay=300", "same-h2", timeout=15), [200] * 150)
+        seen = self.ng.wait_requests("same-h2-", 150)
+        self.assertEqual({v[1] for v in seen.values()}, {"h2"})
 
     def test_large_bodies_arrive_whole(self):
         # Prompts of 16 KiB to 300 KB: several fills of libcurl's 16 KiB upload buffer and
@@ -215,7 +234,9 @@ class Http2Test(unittest.TestCase):
             for s in socks:
                 s.close()
         self.assertEqual(statuses, [b"200"] * n)
-        if "asan" not in harness.BUILD:     # its redzones and quarantine weigh more
+        # The bound holds where llmuxd frees curl's upload buffer (7.88.x, whose code was read);
+        # ASan's redzones and quarantine weigh more.
+        if "asan" not in harness.BUILD and libcurl_version().startswith("7.88."):
             self.assertLess(grown / n, 30, "KB per in-flight call")
 
     def test_cancel_resets_only_its_stream(self):
