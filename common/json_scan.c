@@ -247,7 +247,7 @@ bool json_scan_may_have(const char *p, size_t len, const char *name)
 {
     char quoted[64];
     size_t n = strlen(name);
-    if (n + 2 > sizeof quoted || memchr(p, '\\', len))
+    if (n + 2 > sizeof quoted || memmem(p, len, "\\u", 2))
         return true;
     quoted[0] = '"';
     memcpy(quoted + 1, name, n);

@@ -11,9 +11,10 @@
  * value's bytes and returns 0; -1 when absent or the text is not an object. */
 int json_scan_member(const char *p, size_t len, const char *key, size_t *start, size_t *end);
 
-/* false when the text can't hold a member named `name` anywhere: it has no backslash (so no
- * name is written with escapes) and not the bytes "name" with their quotes. A cheap test
- * before a walk that would find nothing. */
+/* false when the text can't hold a member named `name` anywhere: it has no "\u" (the only
+ * escape that can spell a name of letters, digits and '_', which `name` must be) and not the
+ * bytes "name" with their quotes. A cheap test before a walk that would find nothing; most
+ * chat bodies hold a \n or \" somewhere, so a plain backslash must not defeat it. */
 bool json_scan_may_have(const char *p, size_t len, const char *name);
 
 /* One member json_scan_pick looks for; start/end are set when found. */

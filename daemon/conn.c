@@ -469,7 +469,7 @@ static void conn_process(struct conn *c)
     struct http_limits lim = parser_limits(c);
     struct http_head head;
     int status = 0;
-    const char *parsed_in = NULL;       /* c->in.data when head was parsed in this call */
+    bool head_kept = false;     /* head's slices still point into c->in */
     if (c->state == CONN_IDLE || c->state == CONN_HEAD) {
         head.path.len = 0;
         int n = http_parse_head(c->in.data, c->in.len, &lim, &head, &status);
@@ -486,7 +486,7 @@ static void conn_process(struct conn *c)
             return;
         }
         c->fresh = false;
-        parsed_in = c->in.data;         /* head's slices point here: a reserve may move it */
+        head_kept = true;
         c->head_len = (size_t)n;
         c->body_len = head.content_length > 0 ? (uint64_t)head.content_length : 0;
         c->chunked_body = head.chunked;
@@ -496,7 +496,11 @@ static void conn_process(struct conn *c)
         enter(c, CONN_BODY);
         if (head.expect_continue && c->in.len == c->head_len && (head.chunked || c->body_len))
             queue(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-        if (c->body_len && buf_reserve(&c->in, c->body_len) < 0) {
+        size_t arrived = c->in.len - c->head_len;
+        size_t missing = c->body_len > arrived ? (size_t)(c->body_len - arrived) : 0;
+        if (c->in.cap - c->in.len < missing)
+            head_kept = false;          /* the reserve moves the buffer the head points into */
+        if (missing && buf_reserve(&c->in, missing) < 0) {
             conn_error(c, 413, "request body too large");
             return;
         }
@@ -519,7 +523,7 @@ static void conn_process(struct conn *c)
     } else if (c->in.len - c->head_len < c->body_len) {
         return;
     }
-    dispatch(c, parsed_in && parsed_in == c->in.data ? &head : NULL);
+    dispatch(c, head_kept ? &head : NULL);
 }
 
 static void on_read(struct ev_loop *loop, ev_io *io, int revents)

@@ -20,9 +20,11 @@
  * would stall every sibling stream. A multiplexed call therefore keeps what its reader refused,
  * up to this much (a typical LLM answer fits whole), and only past it pauses curl. */
 #define HOLD_MAX (1u << 20)
-/* libcurl 7.88 sends an h2 request body (and any body over TLS with HTTP/1.1) through an upload
- * buffer it keeps until the transfer ends: 64 KiB by default; 16 KiB is the least it takes. */
+/* libcurl 7.88 sends an h2 request body (and, over HTTP/1.1, any body over TLS or of
+ * UPLOAD_VIA_BUFFER bytes and more) through an upload buffer it keeps until the transfer ends:
+ * 64 KiB by default; 16 KiB is the least it takes. */
 #define SEND_BUFFER 16384
+#define UPLOAD_VIA_BUFFER 65536         /* 7.88's MAX_INITIAL_POST_SIZE */
 #define PRIOR_KNOWLEDGE_OK 0x080100    /* libcurl 8.1.0 */
 
 static int64_t parse_retry_after(const char *v, size_t n)
@@ -122,22 +124,34 @@ static void opener_ready(struct call *c)
         ev_prepare_start(c->e->loop, &c->e->pump);
 }
 
-/* libcurl 7.88 keeps a transfer's upload buffer (16 KiB) until the transfer ends, or past it
- * when its h2 connection carries other streams, though the request (h2: its body; HTTP/1.1 over
- * TLS: a copy of the whole request) leaves in the first moments of a call that then waits. Once every body byte is with the connection
- * (curl counts a byte only when its connection took it) nothing refers to the buffer, and
- * setting its size frees it (curl allocates a new one if a re-send needs it). The progress
- * callback is how a call learns of it; it is switched off again at once. Only where that
- * code was read: 7.88.x. */
-static bool ulbuf_free_ok(void)
+static unsigned curl_version_num(void)
 {
-    static _Atomic int ok = -1;     /* curl_version_info formats strings: asked once */
-    int v = atomic_load_explicit(&ok, memory_order_relaxed);
-    if (v < 0) {
-        v = curl_version_info(CURLVERSION_NOW)->version_num >> 8 == 0x0758;
-        atomic_store_explicit(&ok, v, memory_order_relaxed);
+    static _Atomic unsigned num;    /* curl_version_info formats strings: asked once */
+    unsigned v = atomic_load_explicit(&num, memory_order_relaxed);
+    if (!v) {
+        v = curl_version_info(CURLVERSION_NOW)->version_num;
+        atomic_store_explicit(&num, v, memory_order_relaxed);
     }
     return v;
+}
+
+/* libcurl 7.88 keeps a transfer's upload buffer (16 KiB) until the transfer ends, or past it
+ * when its h2 connection carries other streams, though the request (h2: its body; HTTP/1.1:
+ * a copy of the whole request) leaves in the first moments of a call that then waits. Once
+ * every body byte is with the connection (curl counts a byte only when its connection took
+ * it) nothing refers to the buffer, and setting its size frees it (curl allocates a new one if
+ * a re-send needs it). The progress callback is how a call learns of it; it is switched off
+ * again at once. Only where that code was read: 7.88.x. */
+static bool ulbuf_free_ok(void)
+{
+    return curl_version_num() >> 8 == 0x0758;
+}
+
+/* Whether this call's request goes through curl's upload buffer at all (see SEND_BUFFER). */
+static bool ulbuf_used(const struct call *c, const struct call_spec *spec)
+{
+    return c->body && (c->multiplex || call_url_https(spec->url) ||
+                       spec->body_len >= UPLOAD_VIA_BUFFER);
 }
 
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
@@ -180,8 +194,8 @@ static long http_version(const struct call_spec *spec)
     if (spec->http != CALL_HTTP_2 || call_url_https(spec->url))
         return spec->http == CALL_HTTP_2 ? (long)CURL_HTTP_VERSION_2_0
                                          : (long)CURL_HTTP_VERSION_2TLS;
-    return curl_version_info(CURLVERSION_NOW)->version_num >= PRIOR_KNOWLEDGE_OK
-               ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : (long)CURL_HTTP_VERSION_2_0;
+    return curl_version_num() >= PRIOR_KNOWLEDGE_OK ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                                                    : (long)CURL_HTTP_VERSION_2_0;
 }
 
 /* A multiplexed (or HTTP/1.1 over TLS) call's gate counts its upstream's connections: curl
@@ -227,7 +241,7 @@ void call_set_options(struct call *c, const struct call_spec *spec)
     curl_easy_setopt(h, CURLOPT_PREREQDATA, c);
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, (long)(c->multiplex ? RECV_BUFFER_H2 : RECV_BUFFER));
     curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)SEND_BUFFER);
-    if (c->body && (c->multiplex || call_url_https(spec->url)) && ulbuf_free_ok()) {
+    if (ulbuf_used(c, spec) && ulbuf_free_ok()) {
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);

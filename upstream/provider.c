@@ -306,7 +306,6 @@ unsigned openai_usage_text(const char *body, size_t len, struct usage *out)
         *out = scanned;
         return bad;
     }
-    bad = 0;
     json_t *u = json_valid_load(body + start, end - start, 0, NULL);
     json_t *wrap = json_pack("{s:o}", "usage", u ? u : json_null());
     bad = openai_usage(wrap, out);

@@ -60,7 +60,6 @@ class UpstreamScaleTest(unittest.TestCase):
     def test_tls_burst_beyond_one_handshake_batch(self):
         self.assertEqual(self.burst("tls", 200, "tls-a"), [200] * 200)
         first = {v[0] for v in self.ng.wait_requests("tls-a-", 200).values()}
-        self.assertLessEqual(len(first), 200)
         self.assertEqual(self.burst("tls", 200, "tls-b"), [200] * 200)
         second = {v[0] for v in self.ng.wait_requests("tls-b-", 200).values()}
         self.assertLessEqual(second, first)                 # no new connection, no handshake

@@ -68,8 +68,10 @@ static void test_may_have_rules_out_only_absent_names(void **state)
     const char *plain = "{\"model\":\"m\",\"messages\":[]}";
     assert_false(json_scan_may_have(plain, strlen(plain), "stream"));
     assert_true(json_scan_may_have(plain, strlen(plain), "model"));
-    const char *esc = "{\"str\\u0065am\":true}";     /* an escape anywhere: can't tell */
+    const char *esc = "{\"str\\u0065am\":true}";     /* a \u escape anywhere: can't tell */
     assert_true(json_scan_may_have(esc, strlen(esc), "stream"));
+    const char *lines = "{\"content\":\"a\\nb \\\"q\\\"\"}";  /* \n, \": still sure */
+    assert_false(json_scan_may_have(lines, strlen(lines), "stream"));
     const char *nested = "{\"x\":{\"stream\":1}}";    /* anywhere, not only at the top */
     assert_true(json_scan_may_have(nested, strlen(nested), "stream"));
 }
