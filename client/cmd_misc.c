@@ -234,6 +234,32 @@ static int print_spend(const struct http_resp *rs, const char *only)
     return CLI_EXIT_OK;
 }
 
+/* --json --name: the answer with only that key's row (and no model budgets, as the table). */
+static int print_spend_json(const struct http_resp *rs, const char *only)
+{
+    json_t *root = load_body(rs), *keys = json_object_get(root, "keys"), *k, *mine;
+    size_t i;
+    if (!root)
+        return CLI_EXIT_API;
+    mine = json_array();
+    json_array_foreach(keys, i, k) {
+        const char *name = json_string_value(json_object_get(k, "key"));
+        if (name && !strcmp(only, name))
+            json_array_append(mine, k);
+    }
+    json_object_set_new(root, "keys", mine);
+    json_object_set_new(root, "models", json_array());
+    int code = CLI_EXIT_OK;
+    if (!json_array_size(mine)) {
+        cli_err("no key named '%s' is visible to this key", only);
+        code = CLI_EXIT_API;
+    } else if (json_dumpf(root, stdout, JSON_INDENT(2)) < 0 || putchar('\n') == EOF) {
+        code = CLI_EXIT_USAGE;
+    }
+    json_decref(root);
+    return code;
+}
+
 int cmd_spend(struct cli *c, int argc, char **argv)
 {
     struct misc_flags f = {0};
@@ -243,7 +269,8 @@ int cmd_spend(struct cli *c, int argc, char **argv)
         return code == CLI_HANDLED ? CLI_EXIT_OK : code;
     code = get(c, "/v1/spend", &rs);
     if (code == CLI_EXIT_OK)
-        code = f.json ? print_raw(&rs) : print_spend(&rs, f.name);
+        code = !f.json ? print_spend(&rs, f.name)
+               : f.name ? print_spend_json(&rs, f.name) : print_raw(&rs);
     http_resp_free(&rs);
     return code;
 }

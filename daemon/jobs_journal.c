@@ -167,16 +167,19 @@ static int sync_dir(const char *dir)
     return rc;
 }
 
-int journal_rewrite(const char *dir, const struct buf *framed, char *err, size_t errlen)
+int journal_write_file(const char *dir, const char *name, const char *data, size_t len,
+                       char *err, size_t errlen)
 {
-    char *tmp = join_path(dir, JOURNAL_FILE ".tmp"), *path = join_path(dir, JOURNAL_FILE);
+    char tmpname[256];
+    snprintf(tmpname, sizeof tmpname, "%s.tmp", name);
+    char *tmp = join_path(dir, tmpname), *path = join_path(dir, name);
     int fd = -1, rc = -1;
     if (!tmp || !path) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write_all(fd, framed->data, framed->len) < 0 || fsync(fd) < 0 ||
+    if (fd < 0 || write_all(fd, data, len) < 0 || fsync(fd) < 0 ||
         rename(tmp, path) < 0) {
         snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         if (fd >= 0)
@@ -194,6 +197,11 @@ out:
     free(tmp);
     free(path);
     return rc;
+}
+
+int journal_rewrite(const char *dir, const struct buf *framed, char *err, size_t errlen)
+{
+    return journal_write_file(dir, JOURNAL_FILE, framed->data, framed->len, err, errlen);
 }
 
 /* "jobs.dir DIR WHAT: REASON" — the sentence a 503 carries. */

@@ -38,7 +38,12 @@ uint32_t journal_crc32(const char *p, size_t n);
  * -1 only when the file exists and cannot be read (err filled). */
 int journal_replay(const char *dir, journal_record_fn cb, void *ctx, size_t *skipped,
                    char *err, size_t errlen);
-/* Replaces dir/JOURNAL_FILE by framed (write to a temporary, fsync, rename, fsync dir). */
+/* Replaces dir/name by len bytes of data, mode 0600: written to name.tmp, fsynced, renamed
+ * over it and the directory fsynced, so the file is the old one or the new one, never torn.
+ * Also the budgets' snapshot file (state_budget_file.c), which lives in the same directory. */
+int journal_write_file(const char *dir, const char *name, const char *data, size_t len,
+                       char *err, size_t errlen);
+/* Replaces dir/JOURNAL_FILE by framed. */
 int journal_rewrite(const char *dir, const struct buf *framed, char *err, size_t errlen);
 
 /* Starts the writer thread. The file is opened (and dir created) on first need, so an

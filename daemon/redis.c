@@ -6,6 +6,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libev.h>
 #include <netdb.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,9 @@ struct redis_cmd {
     ev_timer timer;
     struct redis_cmd *prev, *next;
     bool linked;
+    const char *script;             /* redis_eval's text until it was sent again as EVAL */
+    int argc;                       /* redis_eval: argv[0..1] = EVALSHA sha, then copies */
+    const char **argv;              /* in the same allocation */
 };
 
 struct resolve {
@@ -162,10 +166,27 @@ static void cmd_finish(struct redis_cmd *c, const redisReply *reply, const char 
         cb(c->arg, reply, err);
 }
 
+static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+
+/* NOSCRIPT to an EVALSHA: the same command once more as EVAL (Redis loads the script). */
+static bool eval_again(struct redis_cmd *c, const redisReply *r)
+{
+    struct redis *rd = c->rd;
+    if (!c->script || !r || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "NOSCRIPT", 8))
+        return false;
+    c->argv[0] = "EVAL";
+    c->argv[1] = c->script;
+    c->script = NULL;
+    return rd->state == LINK_READY && !rd->closing &&
+           redisAsyncCommandArgv(rd->ac, on_reply, c, c->argc, c->argv, NULL) == REDIS_OK;
+}
+
 static void on_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     struct redis_cmd *c = priv;
     struct redis *rd = c->rd;
+    if (eval_again(c, r))
+        return;
     if (r)
         rd->last_reply = ev_now(rd->loop);
     if (c->cb)
@@ -197,18 +218,25 @@ static void on_cmd_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         drop_link(rd, "no answer in time");
 }
 
-struct redis_cmd *redis_command(struct redis *rd, redis_cb cb, void *arg, int argc,
-                                const char **argv, const size_t *argvlen)
+/* A command record with room for extra bytes after it; NULL when none may be sent now. */
+static struct redis_cmd *cmd_new(struct redis *rd, redis_cb cb, void *arg, size_t extra)
 {
     if (rd->state != LINK_READY || rd->npending >= REDIS_MAX_PENDING)
         return NULL;
-    struct redis_cmd *c = calloc(1, sizeof *c);
+    struct redis_cmd *c = calloc(1, sizeof *c + extra);
     if (!c)
         return NULL;
     c->rd = rd;
     c->cb = cb;
     c->arg = arg;
     c->sent = ev_now(rd->loop);
+    return c;
+}
+
+static struct redis_cmd *cmd_send(struct redis_cmd *c, int argc, const char **argv,
+                                  const size_t *argvlen)
+{
+    struct redis *rd = c->rd;
     if (redisAsyncCommandArgv(rd->ac, on_reply, c, argc, argv, argvlen) != REDIS_OK) {
         free(c);
         return NULL;
@@ -223,6 +251,47 @@ struct redis_cmd *redis_command(struct redis *rd, redis_cb cb, void *arg, int ar
     c->timer.data = c;
     ev_timer_start(rd->loop, &c->timer);
     return c;
+}
+
+struct redis_cmd *redis_command(struct redis *rd, redis_cb cb, void *arg, int argc,
+                                const char **argv, const size_t *argvlen)
+{
+    struct redis_cmd *c = cmd_new(rd, cb, arg, 0);
+    return c ? cmd_send(c, argc, argv, argvlen) : NULL;
+}
+
+void redis_script_init(struct redis_script *s, const char *text)
+{
+    unsigned char d[SHA_DIGEST_LENGTH];
+    s->text = text;
+    SHA1((const unsigned char *)text, strlen(text), d);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+        snprintf(s->sha + 2 * i, 3, "%02x", d[i]);
+}
+
+/* The arguments are copied behind the record, so the command can go again after NOSCRIPT. */
+struct redis_cmd *redis_eval(struct redis *rd, redis_cb cb, void *arg,
+                             const struct redis_script *s, int argc, const char **argv)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++)
+        bytes += strlen(argv[i]) + 1;
+    size_t nptr = (size_t)argc + 2;
+    struct redis_cmd *c = cmd_new(rd, cb, arg, nptr * sizeof(char *) + bytes);
+    if (!c)
+        return NULL;
+    c->argv = (const char **)(c + 1);
+    char *p = (char *)(c->argv + nptr);
+    c->argv[0] = "EVALSHA";
+    c->argv[1] = s->sha;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        c->argv[2 + i] = memcpy(p, argv[i], n);
+        p += n;
+    }
+    c->argc = (int)nptr;
+    c->script = s->text;
+    return cmd_send(c, c->argc, c->argv, NULL);
 }
 
 void redis_cancel(struct redis_cmd *c)

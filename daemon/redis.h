@@ -42,6 +42,20 @@ struct redis_cmd *redis_command(struct redis *rd, redis_cb cb, void *arg, int ar
 /* The callback of cmd will not run; the command itself may still reach Redis. */
 void redis_cancel(struct redis_cmd *cmd);
 
+/* A Lua script Redis runs by its SHA-1. */
+struct redis_script {
+    const char *text;           /* static: it must outlive every command sent with it */
+    char sha[41];
+};
+void redis_script_init(struct redis_script *s, const char *text);
+
+/* EVALSHA of s with argv = numkeys, keys…, args… (C strings), as redis_command otherwise.
+ * When Redis answers NOSCRIPT (restarted, failed over, SCRIPT FLUSH) the same command goes
+ * again once as EVAL with the text, with a callback or without one and after redis_cancel
+ * too: no caller sees NOSCRIPT, and no fire-and-forget step (a release, a settle) is lost. */
+struct redis_cmd *redis_eval(struct redis *rd, redis_cb cb, void *arg,
+                             const struct redis_script *s, int argc, const char **argv);
+
 /* Counters for tests and metrics: commands failed by timeout, links established. */
 unsigned long redis_timeouts(const struct redis *rd);
 unsigned long redis_connects(const struct redis *rd);

@@ -56,7 +56,6 @@ struct state_hold {
     struct state_figures fig;
     /* redis backend */
     struct redis_cmd *cmd;
-    bool eval_retry;                /* EVALSHA said NOSCRIPT: the same take, sent with EVAL */
     const char *why;                /* STATE_FAILED: a static reason, for the log */
     char lease[32];
     ev_timer renew;                 /* keeps the lease alive while the request runs */
@@ -151,7 +150,6 @@ struct state_budget_hold {
     const char *why;                    /* STATE_FAILED: a static reason, for the log */
     char lease[32];                     /* redis: names the reservation, so settle is exact */
     struct redis_cmd *cmd;
-    bool eval_retry;
     void (*done)(struct state_budget_hold *h);
 };
 
@@ -179,7 +177,6 @@ struct state_spend_read {
     size_t n;
     bool failed;
     struct redis_cmd *cmd;
-    bool eval_retry;
     void (*done)(struct state_spend_read *rd);
 };
 bool state_spend_read(struct state_link *l, struct state_spend_read *rd);

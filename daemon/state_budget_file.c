@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "daemon/jobs_journal.h"
+
+#define BUDGET_FILE "budget.json"
 
 #define SAVE_EVERY_S 1
 
@@ -52,18 +55,6 @@ out:
     return o;
 }
 
-/* Temp file, fsync, rename: the file is the old snapshot or the new one, never a torn one. */
-static int write_file(const char *path, const char *tmp, const char *text)
-{
-    FILE *f = fopen(tmp, "we");
-    if (!f)
-        return -1;
-    bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0 || !ok)
-        return -1;
-    return rename(tmp, path);
-}
-
 static int save(struct state_saver *sv)
 {
     json_t *list = json_array();
@@ -74,13 +65,12 @@ static int save(struct state_saver *sv)
     json_t *doc = json_pack("{s:i, s:o}", "version", 1, "accounts", list);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", sv->path);
+    char err[512] = "out of memory";
     mkdir(sv->dir, 0700);               /* as the journal: created on first use */
-    int rc = text ? write_file(sv->path, tmp, text) : -1;
+    int rc = text ? journal_write_file(sv->dir, BUDGET_FILE, text, strlen(text), err,
+                                       sizeof err) : -1;
     if (rc < 0 && !sv->warned)
-        log_warn("budgets: cannot write %s: %s (spend is kept in memory; retrying)", sv->path,
-                 text ? strerror(errno) : "out of memory");
+        log_warn("budgets: %s (spend is kept in memory; retrying)", err);
     sv->warned = rc < 0;
     free(text);
     return rc;
@@ -157,14 +147,14 @@ void state_saver_start(struct state *st, const char *dir)
         return;
     sv->st = st;
     sv->dir = strdup(dir);
-    size_t n = strlen(dir) + sizeof "/budget.json";
+    size_t n = strlen(dir) + sizeof "/" BUDGET_FILE;
     if (!sv->dir || !(sv->path = malloc(n)) || n > 4096) {
         free(sv->dir);
         free(sv->path);
         free(sv);
         return;
     }
-    snprintf(sv->path, n, "%s/budget.json", dir);
+    snprintf(sv->path, n, "%s/" BUDGET_FILE, dir);
     pthread_mutex_init(&sv->mu, NULL);
     pthread_cond_init(&sv->cv, NULL);
     load(sv);

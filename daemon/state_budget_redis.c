@@ -4,7 +4,6 @@
  * enforce one budget. A budget's window is one hash, expiring an hour after the window ends. */
 #include "daemon/state_impl.h"
 
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,10 +65,7 @@ static const char *const window_names[] = {"1d", "7d", "30d", "calendar_month"};
 
 void state_budget_redis_init(struct state *st)
 {
-    unsigned char d[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)script, sizeof script - 1, d);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
-        snprintf(st->budget_sha + 2 * i, 3, "%02x", d[i]);
+    redis_script_init(&st->budget_script, script);
 }
 
 /* {b} is a hash tag: every budget lives on one node, so one script can touch several. */
@@ -93,14 +89,11 @@ static void put_num(struct script_args *a, int64_t v)
     a->argv[a->argc++] = s;
 }
 
-/* EVALSHA (EVAL after NOSCRIPT) header and the keys of refs; the caller appends ARGV. */
-static void args_begin(struct script_args *a, const struct state *st, bool eval,
-                       const struct state_budget_ref *refs, size_t n)
+/* The number and names of the keys of refs; the caller appends ARGV. */
+static void args_begin(struct script_args *a, const struct state_budget_ref *refs, size_t n)
 {
     static const char *const nkeys[] = {"0", "1", "2"};
     a->argc = a->nnums = 0;
-    a->argv[a->argc++] = eval ? "EVAL" : "EVALSHA";
-    a->argv[a->argc++] = eval ? script : st->budget_sha;
     a->argv[a->argc++] = nkeys[n];
     for (size_t i = 0; i < n; i++) {
         hash_key(&refs[i], a->keys[i], sizeof a->keys[0]);
@@ -113,7 +106,7 @@ static void on_reserve_reply(void *arg, const redisReply *reply, const char *err
 static bool send_reserve(struct state_budget_hold *h)
 {
     struct script_args a;
-    args_begin(&a, h->link->st, h->eval_retry, h->ref, h->n);
+    args_begin(&a, h->ref, h->n);
     a.argv[a.argc++] = "reserve";
     put_num(&a, h->estimate);
     a.argv[a.argc++] = h->lease;
@@ -121,7 +114,8 @@ static bool send_reserve(struct state_budget_hold *h)
         put_num(&a, (int64_t)(h->ref[i].b->usd * STATE_NUSD + 0.5));
         put_num(&a, h->ref[i].reset_at + EXPIRE_AFTER_S);
     }
-    h->cmd = redis_command(h->link->rd, on_reserve_reply, h, a.argc, a.argv, NULL);
+    h->cmd = redis_eval(h->link->rd, on_reserve_reply, h, &h->link->st->budget_script, a.argc,
+                        a.argv);
     return h->cmd != NULL;
 }
 
@@ -162,14 +156,6 @@ static void on_reserve_reply(void *arg, const redisReply *reply, const char *err
 {
     struct state_budget_hold *h = arg;
     h->cmd = NULL;
-    if (reply && reply->type == REDIS_REPLY_ERROR && !h->eval_retry &&
-        !strncmp(reply->str, "NOSCRIPT", 8)) {
-        h->eval_retry = true;           /* Redis restarted or flushed its scripts */
-        if (send_reserve(h))
-            return;
-        err = "not connected";
-        reply = NULL;
-    }
     h->pending = false;
     h->verdict = STATE_FAILED;
     if (!reply)
@@ -184,7 +170,6 @@ static void on_reserve_reply(void *arg, const redisReply *reply, const char *err
 bool state_budget_redis_reserve(struct state_link *l, struct state_budget_hold *h)
 {
     int64_t now = state_unix_now();
-    h->eval_retry = false;
     snprintf(h->lease, sizeof h->lease, "%s.%u.%llu", l->st->instance, l->worker_id,
              (unsigned long long)++l->lease_seq);
     for (unsigned i = 0; i < h->n; i++)
@@ -212,7 +197,7 @@ void state_budget_redis_settle(struct state_budget_hold *h, int64_t cost)
         h->cmd = NULL;
         cost = 0;
     }
-    args_begin(&a, h->link->st, h->eval_retry, h->ref, h->n);
+    args_begin(&a, h->ref, h->n);
     a.argv[a.argc++] = "settle";
     a.argv[a.argc++] = "-";
     a.argv[a.argc++] = h->lease;
@@ -220,7 +205,7 @@ void state_budget_redis_settle(struct state_budget_hold *h, int64_t cost)
     a.argv[a.argc++] = h->model && h->ref[0].kind == BUDGET_OF_KEY ? h->model : "";
     for (unsigned i = 0; i < h->n; i++)
         put_num(&a, h->ref[i].reset_at + EXPIRE_AFTER_S);
-    if (!redis_command(h->link->rd, NULL, NULL, a.argc, a.argv, NULL))
+    if (!redis_eval(h->link->rd, NULL, NULL, &h->link->st->budget_script, a.argc, a.argv))
         state_failed(h->link, "not connected");
 }
 
@@ -250,13 +235,6 @@ static void on_read_reply(void *arg, const redisReply *reply, const char *err)
     struct state_spend_read *rd = arg;
     rd->cmd = NULL;
     rd->failed = !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != rd->n;
-    if (reply && reply->type == REDIS_REPLY_ERROR && !rd->eval_retry &&
-        !strncmp(reply->str, "NOSCRIPT", 8)) {
-        rd->eval_retry = true;
-        if (state_budget_redis_read(rd->link, rd))
-            rd->done(rd);
-        return;
-    }
     for (size_t i = 0; !rd->failed && i < rd->n; i++)
         read_row(&rd->rows[i], reply->element[i]);
     if (rd->failed)
@@ -275,11 +253,9 @@ bool state_budget_redis_read(struct state_link *l, struct state_spend_read *rd)
     }
     /* One script call per read, so the figures of all rows are of one instant. */
     char (*keys)[300] = calloc(rd->n ? rd->n : 1, sizeof *keys);
-    const char **v = calloc(rd->n + 4, sizeof *v);
+    const char **v = calloc(rd->n + 2, sizeof *v);
     bool sent = false;
     if (keys && v && redis_ready(l->rd)) {
-        v[n++] = rd->eval_retry ? "EVAL" : "EVALSHA";
-        v[n++] = rd->eval_retry ? script : l->st->budget_sha;
         snprintf(count, sizeof count, "%zu", rd->n);
         v[n++] = count;
         for (size_t i = 0; i < rd->n; i++) {
@@ -287,7 +263,7 @@ bool state_budget_redis_read(struct state_link *l, struct state_spend_read *rd)
             v[n++] = keys[i];
         }
         v[n++] = "read";
-        rd->cmd = redis_command(l->rd, on_read_reply, rd, (int)n, v, NULL);
+        rd->cmd = redis_eval(l->rd, on_read_reply, rd, &l->st->budget_script, (int)n, v);
         sent = rd->cmd != NULL;
     }
     free(keys);

@@ -19,8 +19,8 @@ struct state {
     int64_t last_log_us;                /* atomic: when a backend failure was last logged */
     uint64_t unlogged;                  /* atomic: failures since */
     char instance[17];                  /* random, names this process's leases */
-    char script_sha[41];                /* SHA-1 of the Lua script, for EVALSHA */
-    char budget_sha[41];                /* SHA-1 of the budget script */
+    struct redis_script take_script;    /* the limits' step (state_redis.c) */
+    struct redis_script budget_script;  /* the budgets' steps (state_budget_redis.c) */
     /* budgets: accounts (insert-only; created under accts_mu, read without it) */
     struct state_acct *accts[STATE_BUCKETS];
     pthread_mutex_t accts_mu;

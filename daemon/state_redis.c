@@ -4,7 +4,6 @@
  * request runs, so a crashed instance's slots come back by themselves) in one round trip. */
 #include "daemon/state_impl.h"
 
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,10 +59,7 @@ static void on_take_reply(void *arg, const redisReply *reply, const char *err);
 
 void state_redis_init(struct state *st)
 {
-    unsigned char d[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)script, sizeof script - 1, d);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
-        snprintf(st->script_sha + 2 * i, 3, "%02x", d[i]);
+    redis_script_init(&st->take_script, script);
 }
 
 struct keys {
@@ -78,23 +74,21 @@ static void keys_of(const char *name, struct keys *k)
     snprintf(k->lease, sizeof k->lease, "llmux:key:{%.250s}:lease", name);
 }
 
-/* EVALSHA (or EVAL after NOSCRIPT) of the script with op and up to 5 more arguments. */
-static struct redis_cmd *run(struct state_link *l, bool eval, const char *name, redis_cb cb,
-                             void *arg, int nargs, const char **args)
+/* The script with op and up to 5 more arguments. */
+static struct redis_cmd *run(struct state_link *l, const char *name, redis_cb cb, void *arg,
+                             int nargs, const char **args)
 {
     struct keys k;
-    const char *argv[12];
+    const char *argv[10];
     int argc = 0;
     keys_of(name, &k);
-    argv[argc++] = eval ? "EVAL" : "EVALSHA";
-    argv[argc++] = eval ? script : l->st->script_sha;
     argv[argc++] = "3";
     argv[argc++] = k.req;
     argv[argc++] = k.tok;
     argv[argc++] = k.lease;
-    for (int i = 0; i < nargs && argc < 12; i++)
+    for (int i = 0; i < nargs && argc < 10; i++)
         argv[argc++] = args[i];
-    return redis_command(l->rd, cb, arg, argc, argv, NULL);
+    return redis_eval(l->rd, cb, arg, &l->st->take_script, argc, argv);
 }
 
 static bool send_take(struct state_hold *h)
@@ -106,7 +100,7 @@ static bool send_take(struct state_hold *h)
     snprintf(conc, sizeof conc, "%u", k->max_concurrency);
     snprintf(ttl, sizeof ttl, "%d", LEASE_TTL_MS);
     const char *args[] = {"take", rpm, tpm, conc, h->lease, ttl};
-    h->cmd = run(h->link, h->eval_retry, k->name, on_take_reply, h, 6, args);
+    h->cmd = run(h->link, k->name, on_take_reply, h, 6, args);
     return h->cmd != NULL;
 }
 
@@ -117,7 +111,7 @@ static void on_renew(struct ev_loop *loop, ev_timer *t, int revents)
     snprintf(ttl, sizeof ttl, "%d", LEASE_TTL_MS);
     const char *args[] = {"renew", h->lease, ttl};
     /* Best effort: a renewal lost while Redis is away only shortens the lease. */
-    run(h->link, h->eval_retry, h->key->name, NULL, NULL, 3, args);
+    run(h->link, h->key->name, NULL, NULL, 3, args);
 }
 
 static void fail(struct state_hold *h, const char *why)
@@ -159,14 +153,6 @@ static void on_take_reply(void *arg, const redisReply *reply, const char *err)
 {
     struct state_hold *h = arg;
     h->cmd = NULL;
-    if (reply && reply->type == REDIS_REPLY_ERROR && !h->eval_retry &&
-        !strncmp(reply->str, "NOSCRIPT", 8)) {
-        h->eval_retry = true;           /* Redis restarted or flushed its scripts */
-        if (send_take(h))
-            return;
-        err = "not connected";
-        reply = NULL;
-    }
     h->pending = false;
     if (!reply)
         fail(h, err);
@@ -187,7 +173,6 @@ static void on_take_reply(void *arg, const redisReply *reply, const char *err)
 
 bool state_redis_take(struct state_link *l, struct state_hold *h, const struct conf_key *k)
 {
-    h->eval_retry = false;
     snprintf(h->lease, sizeof h->lease, "%s.%u.%llu", l->st->instance, l->worker_id,
              (unsigned long long)++l->lease_seq);
     if (!redis_ready(l->rd)) {
@@ -202,12 +187,19 @@ bool state_redis_take(struct state_link *l, struct state_hold *h, const struct c
     return false;
 }
 
+/* A take already on its way still runs in Redis: an `end` sent behind it (a link runs its
+ * commands in order) removes the lease it may get, so a slot of max_concurrency is not held
+ * for LEASE_TTL_MS by a request that is gone; its rpm stays spent. */
 void state_redis_cancel(struct state_hold *h)
 {
+    bool sent = h->pending;
     redis_cancel(h->cmd);
     h->cmd = NULL;
     h->pending = false;
-    /* A take already on its way may still get a lease: it expires after LEASE_TTL_MS. */
+    if (sent && h->key->max_concurrency) {
+        const char *args[] = {"end", "0", "0", h->lease};
+        run(h->link, h->key->name, NULL, NULL, 4, args);
+    }
 }
 
 void state_redis_release(struct state_hold *h, long tokens)
@@ -222,6 +214,6 @@ void state_redis_release(struct state_hold *h, long tokens)
     snprintf(tpm, sizeof tpm, "%u", k->tpm);
     snprintf(n, sizeof n, "%ld", tokens > 0 ? tokens : 0);
     const char *args[] = {"end", tpm, n, lease ? h->lease : ""};
-    if (!run(h->link, h->eval_retry, k->name, NULL, NULL, 4, args))
+    if (!run(h->link, k->name, NULL, NULL, 4, args))
         state_failed(h->link, "not connected");
 }

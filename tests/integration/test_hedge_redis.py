@@ -144,6 +144,8 @@ class HedgeTakeInFlightTest(HedgeRedisCase):
         self.assertTrue(wait_until(lambda: self.linked(self.d)))
         s = self.mock.stats()
         self.assertEqual(s["received"], 2, s)          # the request and the probe, no hedge
+        # the cancelled take still ran in Redis; the end sent behind it removed its lease
+        self.assertTrue(wait_until(lambda: self.leases("wide") == 0, 5))
         self.mock.reset()
 
     def test_win_deadline_and_disconnect(self):
