@@ -34,33 +34,6 @@ int64_t budget_estimate(const struct conf_model *m, size_t body_bytes, long max_
     return to_nusd(dearest);
 }
 
-/* The largest completion cap the body names (max_tokens, max_completion_tokens, the Responses
- * API's max_output_tokens), or -1. Embeddings answer with no completion: 0. */
-static long max_tokens_of(const struct request *r)
-{
-    if (r->ep == EP_EMBEDDINGS)
-        return 0;
-    struct json_pick pk[] = {{"max_tokens", 0, 0, false},
-                             {"max_completion_tokens", 0, 0, false},
-                             {"max_output_tokens", 0, 0, false}};
-    long best = -1;
-    if (json_scan_pick(r->body_raw.data, r->body_raw.len, pk, 3) != 0)
-        return -1;
-    for (size_t i = 0; i < 3; i++) {
-        char num[24];
-        size_t n = pk[i].end - pk[i].start;
-        if (!pk[i].found || n == 0 || n >= sizeof num)
-            continue;
-        memcpy(num, r->body_raw.data + pk[i].start, n);
-        num[n] = '\0';
-        char *end;
-        long v = strtol(num, &end, 10);
-        if (!*end && v > best)
-            best = v;
-    }
-    return best;
-}
-
 /* The budgets that apply to r on m, key's first; 0 when none. */
 static unsigned refs_of(const struct request *r, const struct conf_model *m,
                         struct state_budget_ref *ref)
@@ -130,7 +103,7 @@ void budget_admit(struct request *r, const struct conf_model *m)
     memcpy(b->h.ref, ref, sizeof ref);
     b->h.n = n;
     b->h.model = m->name;
-    b->h.estimate = budget_estimate(m, r->body_raw.len, max_tokens_of(r));
+    b->h.estimate = budget_estimate(m, r->body_raw.len, r->max_tokens);
     b->h.done = on_reserved;
     r->budget = b;
     if (state_budget_reserve(r->w->state, &b->h))

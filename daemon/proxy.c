@@ -276,8 +276,7 @@ static void span_end(struct attempt *a, const struct conf_target *t, long status
     if (!a->span.active)
         return;
     struct trace_attempt_info in;
-    trace_attempt_info_fill(&in, a->p->r, t, &a->codec, &a->p->r->body_raw, &a->resp,
-                            &a->sent);
+    trace_attempt_info_fill(&in, a->p->r, t, &a->codec, &a->resp, &a->sent);
     in.attempt = a->number;
     in.status = status;
     if (status < 200 || status >= 300)

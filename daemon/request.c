@@ -25,6 +25,7 @@ struct request *request_new(struct worker *w, struct conf *conf, const struct si
     if (!r)
         return NULL;
     r->w = w;
+    r->max_tokens = -1;
     r->conf = conf_ref(conf);
     r->sink = sink;
     r->owner = owner;

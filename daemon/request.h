@@ -61,6 +61,7 @@ struct request {
     ev_timer deadline;
     double deadline_at;                 /* absolute, loop clock; 0 = none */
     bool no_retry, stream, ended, responded, streaming;
+    long max_tokens;                    /* the client's completion cap (router.c); -1 none */
     int status;
     enum outcome outcome;
     const char *upstream;               /* name of the upstream that served it (in conf) */

@@ -234,6 +234,25 @@ static int take_model(struct request *r, const char *t, const struct json_pick *
     return r->model ? 0 : -1;
 }
 
+/* The client's completion cap: the largest of the caps it names as plain integers (a real or
+ * a string is not a count), -1 when none. The budget reserves by it and spans report it. */
+static long take_max_tokens(const char *t, const struct json_pick *pk, size_t n)
+{
+    long best = -1;
+    for (size_t i = 0; i < n; i++) {
+        char num[24], *end;
+        size_t len = pk[i].end - pk[i].start;
+        if (!pk[i].found || len == 0 || len >= sizeof num)
+            continue;
+        memcpy(num, t + pk[i].start, len);
+        num[len] = '\0';
+        long v = strtol(num, &end, 10);
+        if (!*end && num[0] != '+' && v > best)
+            best = v;
+    }
+    return best;
+}
+
 static bool is_literal(const char *t, const struct json_pick *pk, const char *word)
 {
     size_t n = strlen(word);
@@ -248,8 +267,10 @@ void router_start_upstream(struct request *r, const char *pp)
     char param[96];
     const char *t = r->body_raw.data;
     struct json_pick pk[] = {{"model", 0, 0, false}, {"stream", 0, 0, false},
-                             {"messages", 0, 0, false}};
-    int dup = json_scan_pick(t, r->body_raw.len, pk, 3);
+                             {"messages", 0, 0, false}, {"max_tokens", 0, 0, false},
+                             {"max_completion_tokens", 0, 0, false},
+                             {"max_output_tokens", 0, 0, false}};
+    int dup = json_scan_pick(t, r->body_raw.len, pk, 6);
     if (dup > 0) {
         snprintf(param, sizeof param, "%s%s", pp, pk[dup - 1].name);
         fail400(r, param, "duplicate_member", "a member appears twice in the body");
@@ -268,6 +289,7 @@ void router_start_upstream(struct request *r, const char *pp)
     }
     r->stream = pk[1].found && is_literal(t, &pk[1], "true") && r->ep != EP_EMBEDDINGS &&
                 r->ep != EP_COUNT_TOKENS;
+    r->max_tokens = r->ep == EP_EMBEDDINGS ? 0 : take_max_tokens(t, &pk[3], 3);
     bool has_messages = r->ep == EP_CHAT || r->ep == EP_MESSAGES || r->ep == EP_COUNT_TOKENS;
     if (has_messages && (!pk[2].found || t[pk[2].start] != '[')) {
         snprintf(param, sizeof param, "%smessages", pp);

@@ -345,21 +345,6 @@ static size_t skim_string(const char *t, size_t n, size_t i)
     }
 }
 
-/* The integer written at t[i], or -1: "1.5", "1e3" and strings are not counts. */
-static long skim_int(const char *t, size_t n, size_t i)
-{
-    char num[24];
-    size_t k = 0;
-    while (i < n && k < sizeof num - 1 && (t[i] == '-' || (t[i] >= '0' && t[i] <= '9')))
-        num[k++] = t[i++];
-    num[k] = '\0';
-    if (!k || (i < n && (t[i] == '.' || t[i] == 'e' || t[i] == 'E' || k == sizeof num - 1)))
-        return -1;
-    char *end;
-    long v = strtol(num, &end, 10);
-    return *end == '\0' ? v : -1;
-}
-
 static size_t skip_ws(const char *t, size_t n, size_t i)
 {
     while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r'))
@@ -403,28 +388,6 @@ static void skim_members(const char *t, size_t n, const char *const *names, size
     }
 }
 
-/* The client's token cap (-1: none asked): the first of these names holding an integer as
- * written (not 1.5, not a string); a name given twice counts as none asked. */
-static long max_tokens_of(const struct buf *raw)
-{
-    static const char *const names[] = {"\"max_completion_tokens\"", "\"max_tokens\"",
-                                         "\"max_output_tokens\""};
-    size_t at[3];
-    unsigned seen[3] = {0, 0, 0};
-    if (!raw || !raw->len)
-        return -1;
-    skim_members(raw->data, raw->len, names, 3, at, seen, false);
-    for (size_t m = 0; m < 3; m++)
-        if (seen[m] > 1)
-            return -1;
-    for (size_t m = 0; m < 3; m++) {
-        long v = seen[m] ? skim_int(raw->data, raw->len, at[m]) : -1;
-        if (v >= 0)
-            return v;
-    }
-    return -1;
-}
-
 /* An OpenAI answer's "model" string, as written, into out (cap bytes); "" when none fits. */
 static void answer_model(const struct buf *resp, char *out, size_t cap)
 {
@@ -442,8 +405,7 @@ static void answer_model(const struct buf *resp, char *out, size_t cap)
 
 void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
                              const struct conf_target *t, const struct codec *c,
-                             const struct buf *raw, const struct buf *resp,
-                             const struct buf *sent)
+                             const struct buf *resp, const struct buf *sent)
 {
     bool anthropic = t->upstream->provider == PROVIDER_ANTHROPIC;
     memset(in, 0, sizeof *in);
@@ -463,7 +425,7 @@ void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request
     in->response_model = in->response_model_buf[0] ? in->response_model_buf : NULL;
     in->input_tokens = c->usage.seen ? c->usage.prompt : -1;
     in->output_tokens = c->usage.seen ? c->usage.completion : -1;
-    in->max_tokens = max_tokens_of(raw);
+    in->max_tokens = r->max_tokens;
     in->attempt = r->attempts;
     in->prompt = sent->len ? sent->data : NULL;
     in->prompt_len = sent->len;

@@ -84,13 +84,12 @@ struct trace_attempt_info {
 void trace_attempt_end(struct request *r, struct trace_attempt *a,
                        const struct trace_attempt_info *info);
 /* What the proxy knows of an attempt on target t: provider, models, usage so far, the asked
- * max_tokens (read from the client's text, raw); the body sent (sent, kept only for
+ * max_tokens (r->max_tokens, read by the router); the body sent (sent, kept only for
  * capture_content) and a whole answer (resp). status, error and event are left for the
  * caller. */
 void trace_attempt_info_fill(struct trace_attempt_info *in, const struct request *r,
                              const struct conf_target *t, const struct codec *c,
-                             const struct buf *raw, const struct buf *resp,
-                             const struct buf *sent);
+                             const struct buf *resp, const struct buf *sent);
 /* The span event of an attempt cut short for why. */
 const char *trace_abort_event(enum abort_reason why);
 /* error.type of a failed attempt: the HTTP status text given, or what failed below HTTP. */

@@ -101,17 +101,22 @@ class TracingTest(TracingCase):
 
     def test_max_tokens_from_the_top_level_only(self):
         """The token cap is the body's own member, not a same-named key nested in a tool's
-        schema or quoted in a message; the first of max_completion_tokens, max_tokens wins."""
+        schema or quoted in a message; with several caps, the largest (what a budget reserves
+        by), and a cap given twice is refused before any span."""
         cases = [("3" * 32, {"max_tokens": 9, "tools": [{"type": "function", "function": {
                      "name": "f", "parameters": {"max_tokens": 5}}}]}, "9"),
                  ("4" * 32, {"metadata": {"max_tokens": 5}}, None),
-                 ("5" * 32, {"max_tokens": 40, "max_completion_tokens": 12}, "12")]
+                 ("5" * 32, {"max_tokens": 40, "max_completion_tokens": 12}, "40")]
         for trace_id, extra, want in cases:
             st, _, _ = self.d.chat('say "max_tokens": 7 \\ "', headers={
                 "traceparent": "00-%s-%s-01" % (trace_id, PARENT)}, **extra)
             self.assertEqual(st, 200)
             client = [s for s in self.spans_of(trace_id, 2) if s["kind"] == 3][0]
             self.assertEqual(client["attrs"].get("gen_ai.request.max_tokens"), want, extra)
+        st, _, data = self.d.request(
+            "POST", "/v1/chat/completions",
+            b'{"model":"m","messages":[],"max_tokens":1,"max_tokens":900}')
+        self.assertEqual((st, json.loads(data)["error"]["code"]), (400, "duplicate_member"))
 
     def test_later_version_accepted(self):
         st, _, _ = self.d.chat("x", headers={"traceparent": "01-%s-%s-01-extra" % (TRACE, PARENT)})
