@@ -55,6 +55,9 @@ struct conf_price {
 
 /* `budget:` of a key or a model entry: spend in USD per fixed UTC window. */
 enum conf_budget_window { BUDGET_1D, BUDGET_7D, BUDGET_30D, BUDGET_CALENDAR_MONTH };
+#define CONF_BUDGET_WINDOWS 4
+/* The window's name as written in the config (also in /v1/spend, budget.json, Redis keys). */
+extern const char *const conf_budget_window_names[CONF_BUDGET_WINDOWS];
 #define CONF_BUDGET_USD_MAX 1e6         /* kept in nano-dollars: exact in a Lua number too */
 
 struct conf_budget {

@@ -217,15 +217,18 @@ int conf_field_strategy(struct conf_ctx *x, const struct ynode *v, const char *p
     return i < 0 ? -1 : 0;
 }
 
+const char *const conf_budget_window_names[CONF_BUDGET_WINDOWS] = {
+    [BUDGET_1D] = "1d", [BUDGET_7D] = "7d", [BUDGET_30D] = "30d",
+    [BUDGET_CALENDAR_MONTH] = "calendar_month",
+};
+
 int conf_field_budget_window(struct conf_ctx *x, const struct ynode *v, const char *path,
                              const struct field *f, void *base)
 {
-    static const char *const names[] = {"1d", "7d", "30d", "calendar_month"};
-    static const enum conf_budget_window vals[] = {BUDGET_1D, BUDGET_7D, BUDGET_30D,
-                                                   BUDGET_CALENDAR_MONTH};
-    int i = pick(x, v, path, names, 4, "1d, 7d, 30d or calendar_month");
+    int i = pick(x, v, path, conf_budget_window_names, CONF_BUDGET_WINDOWS,
+                 "1d, 7d, 30d or calendar_month");
     if (i >= 0)
-        *(enum conf_budget_window *)FIELD_AT(base, f->off) = vals[i];
+        *(enum conf_budget_window *)FIELD_AT(base, f->off) = (enum conf_budget_window)i;
     return i < 0 ? -1 : 0;
 }
 

@@ -11,8 +11,6 @@
 #include "daemon/metrics_labels.h"
 #include "daemon/worker.h"
 
-static const char *const window_names[] = {"1d", "7d", "30d", "calendar_month"};
-
 static void on_read(struct state_spend_read *rd);
 
 static json_t *usd(int64_t nusd)
@@ -32,8 +30,9 @@ static json_t *iso_time(int64_t t)
 
 static json_t *budget_json(const struct state_budget_ref *ref)
 {
-    return json_pack("{s:o, s:s, s:o}", "usd", json_real(ref->b->usd), "window",
-                     window_names[ref->b->window], "resets_at", iso_time(ref->reset_at));
+    return json_pack("{s:o, s:s, s:o}", "usd", json_real(ref->b->usd),
+                     "window", conf_budget_window_names[ref->b->window],
+                     "resets_at", iso_time(ref->reset_at));
 }
 
 /* Figures of one budgeted row: spent, reserved, remaining, and the key's lines per model. */

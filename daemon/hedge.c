@@ -145,7 +145,7 @@ static void on_hedge(struct ev_loop *loop, ev_timer *t, int revents)
     struct proxy *p = t->data;
     struct request *r = p->r;
     struct state_hold *key = NULL;
-    if (p->key_take || !wanted(p))
+    if (!wanted(p))     /* never armed while a take is pending (hedge_arm) */
         return;     /* answered, streaming, or between retries: nothing to hedge */
     if (r->w->queue_head || !proxy_slot_take(r->w))
         return;

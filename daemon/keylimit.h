@@ -19,9 +19,10 @@ void keylimit_admit(struct request *r, const struct conf_model *m);
 void keylimit_release(struct request *r);
 /* Appends the x-ratelimit-* lines for a limited key (nothing otherwise). */
 void keylimit_headers(const struct request *r, struct buf *h);
-/* A hedge's own take of its key: one more request of rpm and one more concurrency slot, never
- * waited for (a refused hedge is skipped). With state.on_error open a failed backend charges
- * nothing and lets it go, as for the request itself. */
+/* A hedge's own take of its key: one more request of rpm and one more concurrency slot, at
+ * once (memory) or a Redis round trip later (PENDING: done runs then, unless the take is
+ * cancelled first); a refused hedge is skipped, never queued. With state.on_error open a
+ * failed backend charges nothing and lets it go, as for the request itself. */
 enum keylimit_extra {
     KEYLIMIT_EXTRA_TAKEN,       /* *hold to give back (NULL: nothing was charged) */
     KEYLIMIT_EXTRA_REFUSED,     /* nothing held */

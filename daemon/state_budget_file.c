@@ -32,8 +32,6 @@ struct state_saver {
     bool warned;                        /* a failed write was logged (once until it works) */
 };
 
-static const char *const kinds[] = {"1d", "7d", "30d", "calendar_month"};
-
 /* The account's window as JSON; NULL when it never had one (only peeked at). */
 static json_t *acct_json(struct state_acct *a)
 {
@@ -41,9 +39,9 @@ static json_t *acct_json(struct state_acct *a)
     pthread_mutex_lock(&a->mu);
     if (a->window < 0)
         goto out;
-    o = json_pack("{s:s, s:s, s:I, s:I}", "name", a->name, "window_kind",
-                          kinds[a->wkind], "window", (json_int_t)a->window,
-                          "spent", (json_int_t)a->spent);
+    o = json_pack("{s:s, s:s, s:I, s:I}", "name", a->name,
+                  "window_kind", conf_budget_window_names[a->wkind],
+                  "window", (json_int_t)a->window, "spent", (json_int_t)a->spent);
     for (struct acct_model *m = a->models; m; m = m->next)
         json_object_set_new(models, m->name, json_integer(m->spent));
 out:
@@ -107,7 +105,7 @@ static void load_acct(struct state *st, json_t *o)
         strlen(name) < 3 || name[1] != ':' || (name[0] != 'k' && name[0] != 'm'))
         return;
     int w = 0;
-    while (w < 4 && strcmp(kinds[w], kind))
+    while (w < CONF_BUDGET_WINDOWS && strcmp(conf_budget_window_names[w], kind))
         w++;
     struct state_acct *a = state_acct_get(st, name[0] == 'k' ? BUDGET_OF_KEY : BUDGET_OF_MODEL,
                                           name + 2);

@@ -61,8 +61,6 @@ static const char script[] =
     "end\n"
     "return 0\n";
 
-static const char *const window_names[] = {"1d", "7d", "30d", "calendar_month"};
-
 void state_budget_redis_init(struct state *st)
 {
     redis_script_init(&st->budget_script, script);
@@ -71,8 +69,8 @@ void state_budget_redis_init(struct state *st)
 /* {b} is a hash tag: every budget lives on one node, so one script can touch several. */
 static void hash_key(const struct state_budget_ref *ref, char *out, size_t n)
 {
-    snprintf(out, n, "llmux:budget:{b}:%c:%.250s:%s:%lld", ref->kind == BUDGET_OF_KEY
-             ? 'k' : 'm', ref->name, window_names[ref->b->window], (long long)ref->window);
+    snprintf(out, n, "llmux:budget:{b}:%c:%.250s:%s:%lld", ref->kind == BUDGET_OF_KEY ? 'k' : 'm',
+             ref->name, conf_budget_window_names[ref->b->window], (long long)ref->window);
 }
 
 struct script_args {
